@@ -1,0 +1,5 @@
+"""`python -m retro` runs the CLI."""
+
+from retro.cli import main
+
+main()

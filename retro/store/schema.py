@@ -1,0 +1,173 @@
+"""SQLAlchemy tables: the host pipeline's tables and retro's own two.
+
+The host tables (`models`, `matches`, `match_analysis`, `predictions`) are facts
+of the pipeline retro serves (DESIGN §1): their names and columns are kept
+exactly. retro only reads them; they are declared here so queries can be built
+and the embedded demo can create them. Host deployments may have extra columns;
+nothing here selects ``*``.
+
+retro's own tables (`backfill_runs`, the projection, and `backfill_events`, the
+append-only log) live in :data:`retro_metadata` and are created and migrated by
+Alembic (``retro db upgrade``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
+from sqlalchemy.types import TypeDecorator
+
+host_metadata = MetaData()
+retro_metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC instant on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text. Values
+    going in must be timezone-aware (a naive value raises ``ValueError``);
+    values coming out are always aware, in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: retro stores UTC instants only")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# --- host tables (DESIGN §1) -------------------------------------------------
+
+models = Table(
+    "models",
+    host_metadata,
+    Column("id", Text, primary_key=True),
+    Column("provider", Text),
+    Column("model_name", Text),
+    Column("display_name", Text),
+    Column("active", Boolean, nullable=False, server_default=true()),
+    Column("auto_disabled", Boolean, nullable=False, server_default=false()),
+)
+
+matches = Table(
+    "matches",
+    host_metadata,
+    Column("id", Text, primary_key=True),
+    Column("external_id", Text, unique=True),
+    Column("competition_id", Text),
+    Column("home_team", Text),
+    Column("away_team", Text),
+    Column("kickoff_time", Text),
+    Column("home_score", Integer),
+    Column("away_score", Integer),
+    Column("status", Text),
+    Column("quota_home", Integer),
+    Column("quota_draw", Integer),
+    Column("quota_away", Integer),
+)
+
+match_analysis = Table(
+    "match_analysis",
+    host_metadata,
+    Column("id", Text, primary_key=True),
+    Column("match_id", Text, ForeignKey("matches.id"), nullable=False),
+    Column("favorite_team_name", Text),
+    Column("home_win_pct", Integer),
+    Column("draw_pct", Integer),
+    Column("away_win_pct", Integer),
+    Column("home_form", Text),
+    Column("away_form", Text),
+    Column("home_goals_avg", Text),
+    Column("away_goals_avg", Text),
+)
+
+predictions = Table(
+    "predictions",
+    host_metadata,
+    Column("id", Text, primary_key=True),
+    Column("match_id", Text, ForeignKey("matches.id"), nullable=False),
+    Column("model_id", Text, ForeignKey("models.id"), nullable=False),
+    Column("predicted_home", Integer),
+    Column("predicted_away", Integer),
+    Column("predicted_result", Text),
+    Column("tendency_points", Integer),
+    Column("goal_diff_bonus", Integer),
+    Column("exact_score_bonus", Integer),
+    Column("total_points", Integer),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("created_at", Text),
+    Column("scored_at", Text),
+    UniqueConstraint("match_id", "model_id", name="uq_predictions_match_model"),
+)
+
+# --- retro's own tables (DESIGN §3) --------------------------------------------
+
+backfill_runs = Table(
+    "backfill_runs",
+    retro_metadata,
+    Column("id", Text, primary_key=True),
+    Column("match_id", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("phase", Text),
+    Column("attempt", Integer, nullable=False),
+    Column("job_id", Text),
+    Column("requested_at", UTCDateTime()),
+    Column("not_before", UTCDateTime()),
+    Column("next_check_at", UTCDateTime()),
+    Column("gaps", Text, nullable=False),
+    Column("found", Integer),
+    Column("expected", Integer),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("version", Integer, nullable=False),
+    Index("ix_backfill_runs_next_check_at", "next_check_at"),
+    Index("ix_backfill_runs_match_id", "match_id"),
+)
+
+backfill_events = Table(
+    "backfill_events",
+    retro_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    UniqueConstraint("run_id", "seq", name="uq_backfill_events_run_seq"),
+)
+
+HOST_TABLES: tuple[str, ...] = tuple(host_metadata.tables)
+RETRO_TABLES: tuple[str, ...] = tuple(retro_metadata.tables)
