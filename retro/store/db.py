@@ -7,6 +7,7 @@ the daemon, the CLI and the reference workers can share one file.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect
@@ -37,6 +38,25 @@ class RetroTablesMissing(StoreError):
 def is_sqlite(url: str | URL) -> bool:
     """True when ``url`` names a SQLite database."""
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def require_sqlite_file(url: str) -> None:
+    """For a SQLite URL, insist the file exists (connecting would create it).
+
+    Raises:
+        HostTablesMissing: the file does not exist, so it cannot hold the host tables.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    if not Path(database).exists():
+        raise HostTablesMissing(
+            f"SQLite database {database} does not exist: point RETRO_DATABASE_URL at the "
+            "pipeline's database (or run 'retro demo')"
+        )
 
 
 def create_engine(url: str) -> AsyncEngine:

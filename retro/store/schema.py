@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.types import TypeDecorator
@@ -95,6 +96,8 @@ matches = Table(
     Column("quota_home", Integer),
     Column("quota_draw", Integer),
     Column("quota_away", Integer),
+    # Optional, documented host indexes: retro's gap scan uses them when present.
+    Index("ix_matches_kickoff_time", "kickoff_time"),
 )
 
 match_analysis = Table(
@@ -110,6 +113,7 @@ match_analysis = Table(
     Column("away_form", Text),
     Column("home_goals_avg", Text),
     Column("away_goals_avg", Text),
+    Index("ix_match_analysis_match_id", "match_id"),
 )
 
 predictions = Table(
@@ -139,7 +143,7 @@ backfill_runs = Table(
     Column("id", Text, primary_key=True),
     Column("match_id", Text, nullable=False),
     Column("state", Text, nullable=False),
-    Column("phase", Text),
+    Column("step", Text, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("job_id", Text),
     Column("requested_at", UTCDateTime()),
@@ -154,7 +158,15 @@ backfill_runs = Table(
     Column("finished_at", UTCDateTime()),
     Column("version", Integer, nullable=False),
     Index("ix_backfill_runs_next_check_at", "next_check_at"),
-    Index("ix_backfill_runs_match_id", "match_id"),
+    Index("ix_backfill_runs_match_id", "match_id", "finished_at"),
+    # At most one live (unfinished) run per match, even with rival `retro start`s.
+    Index(
+        "uq_backfill_runs_live_match",
+        "match_id",
+        unique=True,
+        sqlite_where=text("finished_at IS NULL"),
+        postgresql_where=text("finished_at IS NULL"),
+    ),
 )
 
 backfill_events = Table(

@@ -1,0 +1,343 @@
+"""The application: settings, database, Redis and the three operations the CLI
+and the daemon call (seed gap runs, advance due runs one tick, report status).
+
+Time and ids come in as arguments: every method takes ``now`` (aware UTC);
+run ids come from the ``new_id`` callable given at construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from retro.config import EMBEDDED_REDIS, Settings, mask_url
+from retro.embedded import EmbeddedRedis
+from retro.events import Event, Phase, Requested, RunCancelled, RunSeeded
+from retro.machine import TERMINAL, Facts, JobView, Policy, Run, State, decide
+from retro.queue import (
+    JOB_ID_FORMATS,
+    JobOptions,
+    Queues,
+    analysis_payload,
+    predictions_payload,
+    queue_names,
+    settlement_payload,
+)
+from retro.store import db, gaps, migrate, runs
+from retro.store.facts import MatchFacts, match_facts
+
+log = logging.getLogger("retro")
+
+MAX_STEPS_PER_RUN = 16
+"""Events one run may take in one tick (a whole heal is about a dozen)."""
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The machine's :class:`Policy` from ``settings``."""
+    return Policy(
+        max_attempts=settings.max_attempts,
+        retry_backoff=settings.retry_backoff,
+        budgets={phase: settings.phase_timeout(phase) for phase in Phase},
+        job_ids=dict(JOB_ID_FORMATS),
+    )
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    """What ``start`` found and seeded."""
+
+    scan: gaps.Scan
+    seeded: list[str]
+    dry_run: bool
+
+
+@dataclass
+class TickReport:
+    """What one tick did: runs looked at and events appended."""
+
+    looked_at: int = 0
+    events: list[tuple[str, Event]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """An in-flight run for ``status``; ``waiting_for_worker`` names an idle queue."""
+
+    run: Run
+    home_team: str | None
+    away_team: str | None
+    job_state: str | None
+    waiting_for_worker: str | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Counts by state, in-flight runs, failed runs, workers per queue."""
+
+    counts: dict[str, int]
+    in_flight: list[InFlight]
+    failed: list[Run]
+    workers: dict[str, int]
+
+
+class App:
+    """retro on one database and one Redis. Use ``async with App(settings) as app``.
+
+    Raises (on enter):
+        StoreError: the database is unreachable or lacks tables.
+        RedisUnreachable: Redis does not answer (only with ``redis=True``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: bool = True,
+        need_host: bool = True,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+    ) -> None:
+        self.settings = settings
+        self.policy = policy_from(settings)
+        self.new_id = new_id
+        self._want_redis = redis
+        self._need_host = need_host
+        self.engine = db.create_engine(settings.database_url)
+        self._embedded: EmbeddedRedis | None = None
+        self.queues: Queues | None = None
+        self.redis_warning: str | None = None
+
+    async def __aenter__(self) -> App:
+        try:
+            db.require_sqlite_file(self.settings.database_url)
+            if db.is_sqlite(self.settings.database_url):
+                await db.check(self.engine, host=self._need_host, retro=False)
+                await migrate.upgrade(self.engine)  # the embedded default upgrades itself
+            await db.check(self.engine, host=self._need_host, retro=True)
+            if self._want_redis:
+                url = self.settings.redis_url
+                if url == EMBEDDED_REDIS:
+                    self._embedded = EmbeddedRedis(self.settings.embedded_redis_path)
+                    url = self._embedded.start()
+                self.queues = Queues(
+                    url,
+                    prefix=self.settings.queue_prefix,
+                    names=queue_names(self.settings),
+                    options=JobOptions(
+                        priority=self.settings.job_priority,
+                        attempts=self.settings.job_attempts,
+                        backoff_ms=self.settings.job_backoff_ms,
+                    ),
+                )
+                self.redis_warning = await self.queues.check()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close Redis connections, the embedded server (if last user) and the engine."""
+        if self.queues is not None:
+            await self.queues.close()
+            self.queues = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        await self.engine.dispose()
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL in use (the embedded server's socket, or the configured URL)."""
+        assert self.queues is not None
+        return self.queues.redis_url
+
+    # --- start --------------------------------------------------------------
+
+    async def start(self, *, days: int, now: datetime, dry_run: bool = False) -> SeedReport:
+        """Scan ``[now - days, now]`` for gap matches and seed one run per match.
+
+        Seeding is idempotent: a match with a live run, or whose run ended
+        inside the cooldown, is not seeded again.
+        """
+        async with self.engine.begin() as conn:
+            scan = await gaps.scan(
+                conn,
+                now=now,
+                days=days,
+                cooldown=timedelta(seconds=self.settings.cooldown),
+                expected_override=self.settings.expected_predictions,
+            )
+        seeded: list[str] = []
+        if not dry_run:
+            for gap in scan.gaps:
+                event = RunSeeded(
+                    at=now,
+                    run_id=self.new_id(),
+                    match_id=gap.match_id,
+                    gaps=tuple(str(k) for k in gap.kinds),
+                    found=gap.found,
+                    expected=gap.expected,
+                )
+                try:
+                    async with self.engine.begin() as conn:
+                        await runs.append(conn, None, [event])
+                except runs.ConcurrencyError:
+                    log.info("match %s already has a live run; not seeded", gap.match_id)
+                    continue
+                seeded.append(event.run_id)
+                log.info(
+                    "run=%s match=%s event=RunSeeded gaps=%s",
+                    event.run_id,
+                    gap.match_id,
+                    ",".join(event.gaps),
+                )
+        return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run)
+
+    # --- tick ---------------------------------------------------------------
+
+    async def tick(self, *, now: datetime) -> TickReport:
+        """Advance every due run as far as the facts allow (DESIGN §2, one tick)."""
+        report = TickReport()
+        async with self.engine.connect() as conn:
+            due = await runs.due(conn, now=now, max_in_flight=self.settings.max_in_flight)
+        for run_id in due.in_flight:
+            report.looked_at += 1
+            await self._advance(run_id, now, report, starting=False)
+        for run_id in due.pending:
+            report.looked_at += 1
+            await self._advance(run_id, now, report, starting=True)
+        return report
+
+    async def _advance(
+        self, run_id: str, now: datetime, report: TickReport, *, starting: bool
+    ) -> None:
+        queues = self.queues
+        assert queues is not None, "tick needs Redis"
+        for _ in range(MAX_STEPS_PER_RUN):
+            try:
+                async with self.engine.begin() as conn:
+                    if starting:
+                        await runs.serialize_starts(conn)
+                        in_flight = await runs.count_in_flight(conn)
+                        if in_flight >= self.settings.max_in_flight:
+                            return
+                    run = await runs.get(conn, run_id, lock=True)
+                    if run is None or run.state in TERMINAL:
+                        return  # gone, finished, or a rival daemon holds it
+                    match = await match_facts(
+                        conn, run.match_id, expected_override=self.settings.expected_predictions
+                    )
+                    job = None
+                    if run.job_id is not None and run.phase is not None:
+                        job = await queues.job_view(run.phase, run.job_id)
+                    event = decide(run, _facts(match, job), now=now, policy=self.policy)
+                    if event is None:
+                        if job is not None and job.state == "unknown" and match is not None:
+                            # DESIGN §4.3-4.4: never enqueued (crash) or lost (Redis wiped).
+                            assert run.phase is not None and run.job_id is not None
+                            await queues.enqueue(run.phase, run.job_id, _payload(run.phase, match))
+                            log.info(
+                                "run=%s match=%s job=%s re-enqueued (job unknown)",
+                                run.id,
+                                run.match_id,
+                                run.job_id,
+                            )
+                        return
+                    if isinstance(event, Requested):
+                        await queues.clear_stale(event.PHASE, event.job_id)  # step 1
+                    new = await runs.append(conn, run, [event])  # step 2: intent
+            except runs.ConcurrencyError:
+                log.info("run=%s lost an append race to a rival daemon", run_id)
+                return
+            report.events.append((run_id, event))
+            log.info(
+                "run=%s match=%s event=%s %s", new.id, new.match_id, event.TYPE, _describe(event)
+            )
+            await self._effect(run, event, match)  # step 3: effect
+            starting = False
+
+    async def _effect(self, before: Run, event: Event, match: MatchFacts | None) -> None:
+        assert self.queues is not None
+        if isinstance(event, Requested) and match is not None:
+            await self.queues.enqueue(event.PHASE, event.job_id, _payload(event.PHASE, match))
+        elif isinstance(event, RunCancelled) and before.job_id and before.phase:
+            await self.queues.remove_unstarted(before.phase, before.job_id)
+
+    # --- reads --------------------------------------------------------------
+
+    async def idle(self) -> bool:
+        """True when every run is terminal."""
+        async with self.engine.connect() as conn:
+            return await runs.idle(conn)
+
+    async def status(self) -> StatusReport:
+        """Where every run stands, and which queues have workers."""
+        async with self.engine.connect() as conn:
+            counts = await runs.counts_by_state(conn)
+            live = await runs.list_runs(
+                conn, states=[State.ANALYZING, State.PREDICTING, State.SETTLING]
+            )
+            failed = await runs.list_runs(conn, states=[State.FAILED], limit=50)
+            teams = {}
+            for run in live:
+                facts = await match_facts(conn, run.match_id)
+                teams[run.id] = (facts.home_team, facts.away_team) if facts else (None, None)
+        workers: dict[str, int] = {}
+        in_flight: list[InFlight] = []
+        if self.queues is not None:
+            for phase in Phase:
+                workers[self.queues.names[phase]] = await self.queues.worker_count(phase)
+            for run in live:
+                job_state = None
+                idle_queue = None
+                if run.job_id and run.phase:
+                    job_state = (await self.queues.job_view(run.phase, run.job_id)).state
+                    name = self.queues.names[run.phase]
+                    if job_state in ("waiting", "prioritized") and workers.get(name) == 0:
+                        idle_queue = name
+                home, away = teams[run.id]
+                in_flight.append(InFlight(run, home, away, job_state, idle_queue))
+        else:
+            in_flight = [InFlight(r, *teams[r.id], None, None) for r in live]
+        return StatusReport(counts=counts, in_flight=in_flight, failed=failed, workers=workers)
+
+    def describe(self) -> dict[str, Any]:
+        """Masked connection facts for output."""
+        return {
+            "database": mask_url(self.settings.database_url),
+            "redis": mask_url(self.settings.redis_url),
+        }
+
+
+def _facts(match: MatchFacts | None, job: JobView | None) -> Facts:
+    if match is None:
+        return Facts(match_found=False, job=job)
+    return Facts(
+        match_found=True,
+        match_status=match.status,
+        home_score=match.home_score,
+        away_score=match.away_score,
+        has_analysis=match.has_analysis,
+        predictions_found=match.found,
+        predictions_expected=match.expected,
+        unscored=match.unscored,
+        job=job,
+    )
+
+
+def _payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
+    if phase is Phase.ANALYSIS:
+        return analysis_payload(match.match_id, match.external_id, match.home_team, match.away_team)
+    if phase is Phase.PREDICTIONS:
+        return predictions_payload(match.match_id)
+    return settlement_payload(match.match_id, match.home_score, match.away_score, match.status)
+
+
+def _describe(event: Event) -> str:
+    return " ".join(f"{k}={v}" for k, v in event.data().items())

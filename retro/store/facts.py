@@ -1,0 +1,91 @@
+"""What the host tables show for one match: the database half of a run's facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from retro.store.gaps import expected_models
+from retro.store.schema import match_analysis, matches, models, predictions
+
+
+@dataclass(frozen=True)
+class MatchFacts:
+    """One match's row (what payloads need) and its stage data counts.
+
+    ``found`` counts expected models (active, not auto-disabled) with a
+    prediction, not rows; ``unscored`` counts ``pending`` predictions.
+    """
+
+    match_id: str
+    external_id: str | None
+    home_team: str | None
+    away_team: str | None
+    status: str | None
+    home_score: int | None
+    away_score: int | None
+    has_analysis: bool
+    found: int
+    expected: int
+    unscored: int
+
+
+async def match_facts(
+    conn: AsyncConnection, match_id: str, *, expected_override: int | None = None
+) -> MatchFacts | None:
+    """The facts of ``match_id``, or ``None`` if the match no longer exists."""
+    has_analysis = exists().where(
+        match_analysis.c.match_id == matches.c.id,
+        match_analysis.c.favorite_team_name.is_not(None),
+    )
+    found = (
+        select(func.count())
+        .select_from(predictions.join(models, models.c.id == predictions.c.model_id))
+        .where(
+            predictions.c.match_id == matches.c.id,
+            models.c.active.is_(True),
+            models.c.auto_disabled.is_(False),
+        )
+        .scalar_subquery()
+    )
+    unscored = (
+        select(func.count())
+        .where(predictions.c.match_id == matches.c.id, predictions.c.status == "pending")
+        .scalar_subquery()
+    )
+    row = (
+        (
+            await conn.execute(
+                select(
+                    matches.c.external_id,
+                    matches.c.home_team,
+                    matches.c.away_team,
+                    matches.c.status,
+                    matches.c.home_score,
+                    matches.c.away_score,
+                    has_analysis.label("has_analysis"),
+                    found.label("found"),
+                    unscored.label("unscored"),
+                ).where(matches.c.id == match_id)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return MatchFacts(
+        match_id=match_id,
+        external_id=row["external_id"],
+        home_team=row["home_team"],
+        away_team=row["away_team"],
+        status=row["status"],
+        home_score=row["home_score"],
+        away_score=row["away_score"],
+        has_analysis=bool(row["has_analysis"]),
+        found=int(row["found"]),
+        expected=await expected_models(conn, expected_override),
+        unscored=int(row["unscored"]),
+    )

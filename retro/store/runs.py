@@ -1,0 +1,266 @@
+"""The run log and its projection: append events, read runs, find due runs.
+
+``append`` is the one write path: it inserts the events into
+``backfill_events`` and updates the ``backfill_runs`` projection in the same
+transaction, guarded by the run's ``version``. A lost race (a rival daemon
+appended first) surfaces as :class:`ConcurrencyError`, raised here and only here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from retro.events import Event, RunSeeded, from_record, to_record
+from retro.machine import IN_FLIGHT, TERMINAL, Run, State, Step, evolve, project, seed
+from retro.store.schema import backfill_events, backfill_runs
+
+
+class ConcurrencyError(RuntimeError):
+    """Another writer appended to this run first (UNIQUE(run_id, seq) or version moved)."""
+
+
+class RunNotFound(LookupError):
+    """No run has that id."""
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    """The ``backfill_runs`` row for ``run``."""
+    return {
+        "id": run.id,
+        "match_id": run.match_id,
+        "state": str(run.state),
+        "step": str(run.step),
+        "attempt": run.attempt,
+        "job_id": run.job_id,
+        "requested_at": run.requested_at,
+        "not_before": run.not_before,
+        "next_check_at": run.next_check_at,
+        "gaps": ",".join(run.gaps),
+        "found": run.found,
+        "expected": run.expected,
+        "last_error": run.last_error,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "finished_at": run.finished_at,
+        "version": run.version,
+    }
+
+
+def run_from_row(row: RowMapping) -> Run:
+    """A :class:`Run` from a ``backfill_runs`` row."""
+    return Run(
+        id=row["id"],
+        match_id=row["match_id"],
+        state=State(row["state"]),
+        step=Step(row["step"]),
+        attempt=row["attempt"],
+        job_id=row["job_id"],
+        requested_at=row["requested_at"],
+        not_before=row["not_before"],
+        next_check_at=row["next_check_at"],
+        gaps=tuple(g for g in row["gaps"].split(",") if g),
+        found=row["found"],
+        expected=row["expected"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        version=row["version"],
+    )
+
+
+async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]) -> Run:
+    """Append ``events`` to ``run``'s log and update its projection, in ``conn``'s transaction.
+
+    ``run`` is the projection the events were decided on (``None`` when the
+    first event is ``RunSeeded``). The caller commits; after a
+    ``ConcurrencyError`` the caller must roll the transaction back.
+
+    Raises:
+        ConcurrencyError: a rival appended first (seq taken or version moved),
+            or a live run already exists for the match (on ``RunSeeded``).
+        IllegalTransition: an event is impossible in the run's state.
+    """
+    if not events:
+        raise ValueError("nothing to append")
+    current = run
+    rows = []
+    for event in events:
+        if current is None:
+            if not isinstance(event, RunSeeded):
+                raise ValueError("a new run must start with RunSeeded")
+            current = seed(event)
+        else:
+            current = evolve(current, event)
+        type_, data, at = to_record(event)
+        rows.append(
+            {
+                "run_id": current.id,
+                "seq": current.version,
+                "type": type_,
+                "data": json.dumps(data, sort_keys=True),
+                "at": at,
+            }
+        )
+    assert current is not None
+    try:
+        await conn.execute(insert(backfill_events), rows)
+        if run is None:
+            await conn.execute(insert(backfill_runs).values(run_row(current)))
+        else:
+            result = await conn.execute(
+                update(backfill_runs)
+                .where(backfill_runs.c.id == run.id, backfill_runs.c.version == run.version)
+                .values(run_row(current))
+            )
+            if result.rowcount != 1:
+                raise ConcurrencyError(f"run {run.id} moved past version {run.version}")
+    except IntegrityError:
+        raise ConcurrencyError(f"run {current.id}: lost an append race") from None
+    return current
+
+
+async def get(conn: AsyncConnection, run_id: str, *, lock: bool = False) -> Run | None:
+    """The run ``run_id``, or ``None``. ``lock=True`` takes ``FOR UPDATE SKIP LOCKED``
+    (PostgreSQL): ``None`` also when a rival holds it."""
+    query = select(backfill_runs).where(backfill_runs.c.id == run_id)
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else run_from_row(row)
+
+
+async def events_of(conn: AsyncConnection, run_id: str) -> list[Event]:
+    """Every event of ``run_id`` in seq order.
+
+    Raises:
+        UnknownEvent: a stored event is not known to this version.
+    """
+    rows = await conn.execute(
+        select(backfill_events.c.type, backfill_events.c.data, backfill_events.c.at)
+        .where(backfill_events.c.run_id == run_id)
+        .order_by(backfill_events.c.seq)
+    )
+    return [from_record(t, json.loads(d), at) for t, d, at in rows]
+
+
+async def replay(conn: AsyncConnection, run_id: str) -> Run:
+    """The projection of ``run_id`` rebuilt from its events alone."""
+    return project(await events_of(conn, run_id))
+
+
+async def all_ids(conn: AsyncConnection) -> list[str]:
+    """Every run id, oldest first."""
+    rows = await conn.execute(select(backfill_runs.c.id).order_by(backfill_runs.c.created_at))
+    return [r for (r,) in rows]
+
+
+@dataclass(frozen=True)
+class Due:
+    """Runs a tick should look at: ``in_flight`` ids, then ``pending`` ids to start."""
+
+    in_flight: list[str]
+    pending: list[str]
+
+
+async def due(conn: AsyncConnection, *, now: datetime, max_in_flight: int) -> Due:
+    """Run ids whose ``next_check_at`` has come, within the ``max_in_flight`` cap.
+
+    In-flight runs are bounded by the cap, so the cost does not grow with the
+    pending backlog: the pending query reads at most ``max_in_flight`` rows by index.
+    """
+    states = [str(s) for s in IN_FLIGHT]
+    flight = await conn.execute(
+        select(backfill_runs.c.id, backfill_runs.c.next_check_at)
+        .where(backfill_runs.c.state.in_(states))
+        .order_by(backfill_runs.c.next_check_at)
+    )
+    in_flight, ready = [], []
+    count = 0
+    for run_id, next_check in flight:
+        count += 1
+        if next_check is not None and next_check <= now:
+            ready.append(run_id)
+        in_flight.append(run_id)
+    slots = max_in_flight - count
+    pending: list[str] = []
+    if slots > 0:
+        rows = await conn.execute(
+            select(backfill_runs.c.id)
+            .where(
+                backfill_runs.c.state == str(State.PENDING), backfill_runs.c.next_check_at <= now
+            )
+            .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
+            .limit(slots)
+        )
+        pending = [r for (r,) in rows]
+    return Due(in_flight=ready, pending=pending)
+
+
+async def count_in_flight(conn: AsyncConnection) -> int:
+    """Runs between pending and done (analyzing, predicting, settling)."""
+    value = await conn.scalar(
+        select(func.count()).where(backfill_runs.c.state.in_([str(s) for s in IN_FLIGHT]))
+    )
+    return int(value or 0)
+
+
+async def serialize_starts(conn: AsyncConnection) -> None:
+    """On PostgreSQL, take a transaction-scoped advisory lock so rival daemons
+    start pending runs one at a time (keeps ``max_in_flight`` exact)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(7412004)"))
+
+
+async def counts_by_state(conn: AsyncConnection) -> dict[str, int]:
+    """Number of runs in each state (states with none are absent)."""
+    rows = await conn.execute(
+        select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
+    )
+    return {state: int(n) for state, n in rows}
+
+
+async def list_runs(
+    conn: AsyncConnection, *, states: Sequence[State] | None = None, limit: int = 1000
+) -> list[Run]:
+    """Runs (optionally only in ``states``), most recently updated first."""
+    query = select(backfill_runs).order_by(backfill_runs.c.updated_at.desc()).limit(limit)
+    if states is not None:
+        query = query.where(backfill_runs.c.state.in_([str(s) for s in states]))
+    return [run_from_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def idle(conn: AsyncConnection) -> bool:
+    """True when no run is left that is not terminal."""
+    value = await conn.scalar(
+        select(func.count()).where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
+    )
+    return not value
+
+
+def blocking_run_clause(cooldown_start: datetime) -> Any:
+    """SQL condition on ``backfill_runs`` for a run that keeps its match from being
+    seeded again: still live, or ended after ``cooldown_start`` (DESIGN §3 cooldown)."""
+    return or_(
+        backfill_runs.c.finished_at.is_(None),
+        and_(
+            backfill_runs.c.finished_at.is_not(None), backfill_runs.c.finished_at > cooldown_start
+        ),
+    )
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction, committed on success, rolled back on error."""
+    async with engine.begin() as conn:
+        yield conn
