@@ -99,6 +99,7 @@ TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "RunRearmed", "source": State.FAILED, "dest": State.PENDING},
 ]
 
+
 def _plain(value: object) -> object:
     if isinstance(value, list):
         return [str(v) for v in value]
@@ -296,7 +297,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if facts.match_status in CALLED_OFF_STATUSES:
         return RunCancelled(at=now, reason=f"match {facts.match_status}")
     if facts.match_status not in PLAYABLE_STATUSES:
-        return RunFailed(at=now, reason=f"unknown match status {facts.match_status!r}")
+        return RunFailed(at=now, reason=clip(f"unknown match status {facts.match_status!r}"))
     if run.state is State.PENDING:
         if facts.has_analysis:
             return AnalysisSkipped(at=now, reason="analysis with a favourite already present")
@@ -306,7 +307,8 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
         return RunCompleted(at=now)
     if phase is Phase.SETTLEMENT and (why := settleable(facts)) is not None:
         if run.step is Step.JOB and facts.job is not None and facts.job.state == "active":
-            return None  # let a running settlement finish before leaving it
+            # let a running settlement finish (or time out) before leaving it
+            return _observe_job(run, phase, facts, now, policy)
         return SettlementSkipped(at=now, reason=why)
     if phase_done(phase, facts):
         return _completed(phase, facts, now)
@@ -386,7 +388,7 @@ def evolve(run: Run, event: Event) -> Run:
     """
     state = target(run.state, event.TYPE)
     changes: dict[str, object] = {"state": state, "updated_at": event.at}
-    if state is not run.state:
+    if state is not run.state and state not in TERMINAL:
         changes.update(step=Step.ENTER, attempt=0, job_id=None, requested_at=None, not_before=None)
     match event:
         case Requested(job_id=job_id, attempt=attempt):
@@ -420,7 +422,7 @@ def evolve(run: Run, event: Event) -> Run:
         case SettlementCompleted() | SettlementSkipped():
             changes.update(step=Step.FINISHED, job_id=None)
         case RunFailed(reason=reason) | RunCancelled(reason=reason):
-            changes.update(last_error=reason, job_id=None, finished_at=event.at)
+            changes.update(last_error=reason, job_id=None, not_before=None, finished_at=event.at)
         case RunCompleted():
             changes.update(finished_at=event.at)
         case RunRearmed():
