@@ -159,16 +159,21 @@ class App:
 
     # --- start --------------------------------------------------------------
 
-    async def start(self, *, days: int, now: datetime, dry_run: bool = False) -> SeedReport:
-        """Scan ``[now - days, now]`` for gap matches and seed one run per match.
+    async def start(
+        self, *, days: int, now: datetime, dry_run: bool = False, until: datetime | None = None
+    ) -> SeedReport:
+        """Scan ``[until - days, until]`` for gap matches and seed one run per match.
 
+        ``now`` (aware UTC) stamps the events and measures the cooldown;
+        ``until`` ends the window (default ``now``; the demo replays 2025).
         Seeding is idempotent: a match with a live run, or whose run ended
         inside the cooldown, is not seeded again.
         """
         async with self.engine.begin() as conn:
             scan = await gaps.scan(
                 conn,
-                now=now,
+                now=until or now,
+                clock=now,
                 days=days,
                 cooldown=timedelta(seconds=self.settings.cooldown),
                 expected_override=self.settings.expected_predictions,

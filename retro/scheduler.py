@@ -129,8 +129,10 @@ class Daemon:
 
     async def _tick_job(self, until_idle: bool) -> None:
         try:
-            await self.run_once()
-            if until_idle and await self.app.idle():
+            report = await self.run_once()
+            if report.events:
+                self.wake()  # progress frees slots and hands off: look again at once
+            elif until_idle and await self.app.idle():
                 self.stop()
         except Exception:
             log.exception("tick failed; the next tick retries")

@@ -122,6 +122,7 @@ async def scan(
     days: int,
     cooldown: timedelta,
     expected_override: int | None = None,
+    clock: datetime | None = None,
 ) -> Scan:
     """Find gap matches that kicked off in ``[now - days, now]``.
 
@@ -130,6 +131,8 @@ async def scan(
         days: window length in days (>= 0).
         cooldown: how long a finished run keeps its match from being seeded again.
         expected_override: predictions expected per match instead of the model count.
+        clock: the current instant the cooldown counts back from (default ``now``;
+            differs only when replaying a past window, as the demo does).
     """
     since = now - timedelta(days=days)
     expected = await expected_models(conn, expected_override)
@@ -144,7 +147,7 @@ async def scan(
         predictions.c.match_id == matches.c.id, predictions.c.status == "pending"
     )
     blocked = exists().where(
-        backfill_runs.c.match_id == matches.c.id, blocking_run_clause(now - cooldown)
+        backfill_runs.c.match_id == matches.c.id, blocking_run_clause((clock or now) - cooldown)
     )
     query = (
         select(
