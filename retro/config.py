@@ -131,10 +131,14 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "settings"
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {name} (RETRO_{name.upper()}): {mask(message)}") from None
+        raise ConfigError(
+            f"invalid setting {name} (RETRO_{name.upper()}): {mask(message)}"
+        ) from None
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+)
 
 
 def mask_url(url: str) -> str:
