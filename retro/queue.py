@@ -12,13 +12,14 @@ value is never taken as proof of anything.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bullmq import Job, Queue, QueueEvents
+from bullmq import Job, Queue, QueueEvents, Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -39,6 +40,8 @@ JOB_ID_FORMATS: Mapping[Phase, str] = {
     Phase.SETTLEMENT: "settle-retro-{matchId}",
 }
 FINISHED_STATES = frozenset({"completed", "failed"})
+_SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro"})
+"""CLIENT LIST ``cmd`` values of a connection whose last command ran a Lua script."""
 
 
 class RedisUnreachable(RuntimeError):
@@ -213,8 +216,14 @@ class Queues:
         return False
 
     async def worker_count(self, phase: Phase) -> int:
-        """Workers consuming ``phase``'s queue (by BullMQ's client names)."""
-        return int(await self.queue(phase).get_workers_count())
+        """Workers consuming ``phase``'s queue (by BullMQ's client names).
+
+        A Node Worker names only its blocking connection; python-bullmq names both
+        of a Worker's connections. The extra one is told apart by its last command,
+        a Lua script (a blocking connection never runs one), so each Worker counts once.
+        """
+        clients = await self.queue(phase).get_workers()
+        return sum(1 for client in clients if client.get("cmd") not in _SCRIPT_COMMANDS)
 
     def watch(self, on_finished: Callable[[str], None]) -> None:
         """Call ``on_finished(job_id)`` whenever a job completes or fails on any of
@@ -226,3 +235,52 @@ class Queues:
             for kind in ("completed", "failed"):
                 events.on(kind, lambda args, *_: on_finished(str(args.get("jobId", ""))))
             self._events.append(events)
+
+
+Handler = Callable[[Any, str], Awaitable[Any]]
+"""A job processor: ``(job, token) -> result`` (raise to fail the job)."""
+
+
+async def consume(
+    redis_url: str,
+    *,
+    prefix: str,
+    handlers: Mapping[str, Handler],
+    concurrency: int,
+    stop: asyncio.Event,
+    name: str,
+) -> None:
+    """Run one BullMQ ``Worker`` per queue in ``handlers`` until ``stop`` is set.
+
+    Jobs in progress when ``stop`` is set finish first; workers close cleanly.
+
+    Raises:
+        RuntimeError: a worker loop ended before ``stop`` was set.
+    """
+    workers = [
+        Worker(
+            queue,
+            handler,
+            {
+                "connection": redis_url,
+                "prefix": prefix,
+                "concurrency": concurrency,
+                "autorun": False,
+                "name": name,
+            },
+        )
+        for queue, handler in handlers.items()
+    ]
+    for worker in workers:
+        worker.on("error", lambda error, *_: log.warning("worker error: %s", mask(str(error))))
+    loops = [asyncio.create_task(worker.run()) for worker in workers]
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
+        results = await asyncio.gather(*loops, return_exceptions=True)
+    if not stop.is_set():
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        raise RuntimeError(f"a worker stopped unexpectedly: {failure!r}")

@@ -264,3 +264,29 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection in a transaction, committed on success, rolled back on error."""
     async with engine.begin() as conn:
         yield conn
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Replay of every run: events read, runs checked, runs whose projection drifted."""
+
+    events: int
+    runs: int
+    drifted: list[str]
+
+
+async def audit(conn: AsyncConnection) -> Audit:
+    """Rebuild every run from its events alone and compare with the stored projection.
+
+    Raises:
+        UnknownEvent: a stored event is not known to this version.
+    """
+    drifted: list[str] = []
+    total = 0
+    ids = await all_ids(conn)
+    for run_id in ids:
+        events = await events_of(conn, run_id)
+        total += len(events)
+        if await get(conn, run_id) != project(events):
+            drifted.append(run_id)
+    return Audit(events=total, runs=len(ids), drifted=drifted)
