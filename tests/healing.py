@@ -1,0 +1,63 @@
+"""Shared checks for heal tests: what the database must show after every run ended."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from retro.events import Requested
+from retro.store import host, runs
+from retro.store.db import create_engine
+from retro.store.schema import backfill_runs, predictions
+
+DEMO_NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)
+
+
+async def assert_healed(database_url: str, *, expected_per_match: int = 42) -> dict[str, int]:
+    """Every run done; each healed match has exactly the expected predictions, all
+    scored once when settleable; no job (id, enqueue) executed twice; replay ==
+    projection. Returns the run counts by state."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            counts = await runs.counts_by_state(conn)
+            assert set(counts) == {"done"}, f"runs not all done: {counts}"
+            audit = await runs.audit(conn)
+            assert audit.drifted == [], f"projection drift in {audit.drifted}"
+            match_ids = [m for (m,) in await conn.execute(select(backfill_runs.c.match_id))]
+            requested: Counter[tuple[str, str]] = Counter()
+            for run_id in await runs.all_ids(conn):
+                for event in await runs.events_of(conn, run_id):
+                    if isinstance(event, Requested):
+                        requested[(event.job_id, str(event.PHASE))] += 1
+            per_match = dict(
+                (
+                    await conn.execute(
+                        select(predictions.c.match_id, func.count())
+                        .where(predictions.c.match_id.in_(match_ids))
+                        .group_by(predictions.c.match_id)
+                    )
+                ).all()
+            )
+        for match_id in match_ids:
+            assert per_match.get(match_id) == expected_per_match, (
+                f"match {match_id}: {per_match.get(match_id)} predictions"
+            )
+            match = await host.get_match(engine, match_id)
+            assert match is not None
+            rows = await host.match_predictions(engine, match_id)
+            if match.status in ("finished", "awarded") and match.home_score is not None:
+                assert all(r.status in ("scored", "void") for r in rows), match_id
+        journal = await host.job_log(engine)
+        executions = Counter((e.job_id, e.job_timestamp) for e in journal)
+        twice = [key for key, n in executions.items() if n > 1]
+        assert twice == [], f"jobs executed twice for one enqueue: {twice}"
+        per_job = Counter(e.job_id for e in journal if e.job_id.endswith(tuple(match_ids)))
+        for job_id, n in per_job.items():
+            asked = sum(v for (j, _), v in requested.items() if j == job_id)
+            assert n <= asked, f"{job_id} executed {n} times for {asked} attempts"
+        return counts
+    finally:
+        await engine.dispose()

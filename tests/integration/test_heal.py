@@ -1,0 +1,86 @@
+"""A whole heal in one process: seed the 2024/25 outage, run workers and the daemon
+until idle, and check the data, the job journal and the event log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from retro.app import App
+from retro.config import Settings
+from retro.demo.seed import seed_demo
+from retro.pipeline.workers import run_workers
+from retro.scheduler import Daemon
+from retro.store import migrate
+from retro.store.db import create_engine
+from tests.conftest import Backend
+from tests.healing import DEMO_NOW, assert_healed
+
+
+def settings_for(backend: Backend, **more: object) -> Settings:
+    return Settings(
+        database_url=backend.database_url,
+        redis_url=backend.redis_url,
+        queue_prefix=backend.prefix,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+async def seed(backend: Backend) -> int:
+    engine = create_engine(backend.database_url)
+    try:
+        seeded = await seed_demo(engine, now=DEMO_NOW, outage_days=14, competitions=["en.1"])
+        await migrate.upgrade(engine)
+        return seeded.gaps
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> None:
+    gaps = await seed(backend)
+    assert gaps > 5
+    settings = settings_for(backend, max_in_flight=max_in_flight, tick_interval=0.5)
+    async with App(settings) as app:
+        now = datetime.now(UTC)
+        first = await app.start(days=14, now=now, until=DEMO_NOW)
+        assert len(first.seeded) == gaps
+        second = await app.start(days=14, now=now, until=DEMO_NOW)
+        assert second.seeded == []
+        assert second.scan.blocked == gaps  # each has a live run
+
+        stop = asyncio.Event()
+        workers = asyncio.create_task(
+            run_workers(backend.database_url, app.redis_url, prefix=backend.prefix, stop=stop)
+        )
+        try:
+            await asyncio.wait_for(
+                Daemon(app).run(until_idle=True, scan=False, handle_signals=False), 90
+            )
+        finally:
+            stop.set()
+            await workers
+        after = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        assert after.seeded == [], "a healed match inside the cooldown was seeded again"
+    counts = await assert_healed(backend.database_url)
+    assert counts == {"done": gaps}
+
+
+async def test_run_once_waits_without_workers_and_costs_no_attempt(backend: Backend) -> None:
+    """A job waiting with no worker is not a failure: the run stays on attempt 1."""
+    await seed(backend)
+    settings = settings_for(backend, max_in_flight=2)
+    async with App(settings) as app:
+        await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        daemon = Daemon(app)
+        for _ in range(5):
+            await daemon.run_once()
+        report = await app.status()
+        assert len(report.in_flight) == 2
+        for item in report.in_flight:
+            assert item.run.attempt == 1
+            assert item.job_state in ("waiting", "prioritized")
+            assert item.waiting_for_worker is not None
+        assert set(report.workers.values()) == {0}

@@ -1,0 +1,195 @@
+"""Alembic migrations of retro's own tables (STYLE 7): the metadata is the truth.
+
+One database is built from ``retro_metadata.create_all``, one by
+``retro.store.migrate.upgrade``; both must show the same schema, and Alembic's
+autogenerate must find nothing to change on the migrated one. The host's tables
+are never created or touched by the upgrade.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from retro.store import db, migrate
+from retro.store.schema import HOST_TABLES, RETRO_TABLES, host_metadata, retro_metadata
+from tests.conftest import Backend
+
+
+@pytest.fixture
+async def engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's fresh, empty database."""
+    engine = db.create_engine(backend.database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def second_url(backend: Backend, tmp_path: Path) -> Iterator[str]:
+    """A second fresh, empty database on the same backend, dropped afterwards."""
+    if backend.name == "sqlite-embedded":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'from_metadata.db'}"
+        return
+    url = make_url(backend.database_url)
+    name = f"{url.database}_m{uuid.uuid4().hex[:6]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _diffs(sync: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        sync,
+        opts={
+            "version_table": migrate.VERSION_TABLE,
+            "compare_type": True,
+            "compare_server_default": True,
+        },
+    )
+    return list(compare_metadata(context, retro_metadata))
+
+
+def _where(options: dict[str, Any]) -> str:
+    """The WHERE clause of a partial index, as text ('' for a full index)."""
+    for key in ("sqlite_where", "postgresql_where"):
+        if options.get(key) is not None:
+            return str(options[key])
+    return ""
+
+
+def _schema(sync: Connection) -> dict[str, Any]:
+    """retro's tables as the database reports them, in a comparable shape."""
+    inspector = inspect(sync)
+    shape: dict[str, Any] = {}
+    for name in sorted(set(inspector.get_table_names()) & set(RETRO_TABLES)):
+        columns = [
+            (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+            for c in inspector.get_columns(name)
+        ]
+        indexes = sorted(
+            (
+                i["name"],
+                tuple(i["column_names"]),
+                bool(i["unique"]),
+                _where(i.get("dialect_options", {})),
+            )
+            for i in inspector.get_indexes(name)
+        )
+        uniques = sorted(
+            (u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(name)
+        )
+        shape[name] = {
+            "columns": columns,
+            "pk": inspector.get_pk_constraint(name)["constrained_columns"],
+            "indexes": indexes,
+            "uniques": uniques,
+            "fks": inspector.get_foreign_keys(name),
+        }
+    return shape
+
+
+async def test_upgrade_leaves_nothing_for_autogenerate(engine: AsyncEngine) -> None:
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+
+
+async def test_migrated_database_equals_metadata_database(
+    engine: AsyncEngine, second_url: str
+) -> None:
+    await migrate.upgrade(engine)
+    created = db.create_engine(second_url)
+    try:
+        async with created.begin() as conn:
+            await conn.run_sync(retro_metadata.create_all)
+        async with created.connect() as conn:
+            from_metadata = await conn.run_sync(_schema)
+            assert await conn.run_sync(_diffs) == []
+    finally:
+        await created.dispose()
+    async with engine.connect() as conn:
+        from_migrations = await conn.run_sync(_schema)
+    assert set(from_migrations) == set(RETRO_TABLES)
+    assert from_migrations == from_metadata
+    live = from_migrations["backfill_runs"]["indexes"]
+    assert any(
+        name == "uq_backfill_runs_live_match" and unique and "finished_at IS NULL" in where
+        for name, _, unique, where in live
+    ), live
+
+
+async def test_current_before_and_after_upgrade(engine: AsyncEngine) -> None:
+    current, head = await migrate.current(engine)
+    assert current is None
+    await migrate.upgrade(engine)
+    assert await migrate.current(engine) == (head, head)
+
+
+async def test_upgrade_is_idempotent(engine: AsyncEngine) -> None:
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        before = await conn.run_sync(_schema)
+    await migrate.upgrade(engine)
+    await migrate.upgrade(engine)
+    _, head = await migrate.current(engine)
+    async with engine.connect() as conn:
+        assert await conn.run_sync(_schema) == before
+        versions = (
+            await conn.execute(text(f"SELECT version_num FROM {migrate.VERSION_TABLE}"))
+        ).all()
+        assert [v for (v,) in versions] == [head]
+    assert await migrate.current(engine) == (head, head)
+
+
+async def test_upgrade_creates_only_retro_tables(engine: AsyncEngine) -> None:
+    assert migrate.VERSION_TABLE == "retro_alembic_version"
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        names = await db.table_names(conn)
+    assert names == {*RETRO_TABLES, "retro_alembic_version"}
+    assert not names & set(HOST_TABLES)
+    assert "alembic_version" not in names
+
+
+async def test_upgrade_leaves_host_tables_and_host_alembic_alone(engine: AsyncEngine) -> None:
+    """A host with its own tables and its own Alembic history is not disturbed."""
+    async with engine.begin() as conn:
+        await conn.run_sync(host_metadata.create_all)
+        await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        await conn.execute(text("INSERT INTO alembic_version VALUES ('host_rev_9')"))
+        await conn.execute(text("INSERT INTO models (id, model_name) VALUES ('m1', 'gpt')"))
+        host_before = await conn.run_sync(
+            lambda s: {t: inspect(s).get_columns(t) for t in HOST_TABLES}
+        )
+    await migrate.upgrade(engine)
+    current, head = await migrate.current(engine)
+    assert current == head
+    async with engine.connect() as conn:
+        names = await db.table_names(conn)
+        assert names == {*HOST_TABLES, *RETRO_TABLES, "alembic_version", "retro_alembic_version"}
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).all() == [
+            ("host_rev_9",)
+        ]
+        assert (await conn.execute(text("SELECT id, model_name FROM models"))).all() == [
+            ("m1", "gpt")
+        ]
+        host_after = await conn.run_sync(
+            lambda s: {t: inspect(s).get_columns(t) for t in HOST_TABLES}
+        )
+    assert repr(host_after) == repr(host_before)
+    await db.check(engine)  # host and retro tables are all there now
