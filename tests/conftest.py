@@ -80,8 +80,10 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"PostgreSQL at {POSTGRES_ENV} unusable: {exc}")
         pytest.skip(f"PostgreSQL unusable: {exc}")
-    yield make_url(base).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
+    yield (
+        make_url(base)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
     )
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
