@@ -120,7 +120,7 @@ class App:
             if self._want_redis:
                 url = self.settings.redis_url
                 if url == EMBEDDED_REDIS:
-                    self._embedded = EmbeddedRedis(self.settings.embedded_redis_path)
+                    self._embedded = EmbeddedRedis(self.settings.embedded_redis_file())
                     url = self._embedded.start()
                 self.queues = Queues(
                     url,

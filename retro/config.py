@@ -47,7 +47,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///retro.db"
     redis_url: str = EMBEDDED_REDIS
-    embedded_redis_path: Path = Path("retro-redis.db")
+    embedded_redis_path: Path | None = None
     queue_prefix: str = "bull"
     analysis_queue: str = "analysis-queue"
     predictions_queue: str = "predictions-queue"
@@ -106,6 +106,18 @@ class Settings(BaseSettings):
                 f"use 'embedded' or one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
             )
         return value
+
+    def embedded_redis_file(self) -> Path:
+        """RDB file of the embedded Redis: ``embedded_redis_path`` if set, else
+        ``<database>-redis.db`` beside a SQLite database, else ``retro-redis.db``."""
+        if self.embedded_redis_path is not None:
+            return self.embedded_redis_path
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix):
+            database = Path(self.database_url.removeprefix(prefix).split("?", 1)[0])
+            if database.name and database.name != ":memory:":
+                return database.with_name(f"{database.stem}-redis.db")
+        return Path("retro-redis.db")
 
     def phase_timeout(self, phase: str) -> float:
         """Budget in seconds for ``phase`` (``analysis``/``predictions``/``settlement``)."""

@@ -53,7 +53,6 @@ def demo_settings(workdir: Path) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{workdir / 'retro-demo.db'}",
         redis_url="embedded",
-        embedded_redis_path=workdir / "redis.db",
     )
 
 

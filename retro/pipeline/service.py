@@ -32,7 +32,7 @@ async def serve(settings: Settings, *, concurrency: int = 1) -> None:
     embedded = None
     redis_url = settings.redis_url
     if redis_url == EMBEDDED_REDIS:
-        embedded = EmbeddedRedis(settings.embedded_redis_path)
+        embedded = EmbeddedRedis(settings.embedded_redis_file())
         redis_url = embedded.start()
     try:
         names = queue_names(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 from retro.demo import load_fixtures, seed_demo
@@ -17,13 +16,10 @@ from tests.conftest import Backend
 NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)
 
 
-async def test_full_season_seeds_fast_with_every_kind_of_damage(backend: Backend) -> None:
+async def test_full_season_seeds_every_kind_of_damage(backend: Backend) -> None:
     engine = create_engine(backend.database_url)
     try:
-        started = time.perf_counter()
         seed = await seed_demo(engine, now=NOW)
-        elapsed = time.perf_counter() - started
-        assert elapsed < 15, f"seeding took {elapsed:.1f} s"
         assert seed.matches == 1752
         assert seed.models == 42
         assert seed.upcoming == 0
