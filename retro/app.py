@@ -115,6 +115,7 @@ class App:
             db.require_sqlite_file(self.settings.database_url)
             if db.is_sqlite(self.settings.database_url):
                 await db.check(self.engine, host=self._need_host, retro=False)
+                await db.enable_wal(self.engine)
                 await migrate.upgrade(self.engine)  # the embedded default upgrades itself
             await db.check(self.engine, host=self._need_host, retro=True)
             if self._want_redis:

@@ -25,7 +25,7 @@ from retro.config import ConfigError, Settings, load_settings, mask
 from retro.demo.scenario import DemoReport
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
-from retro.store.db import StoreError
+from retro.store.db import StoreError, require_sqlite_file
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -210,6 +210,7 @@ def run(
     )
 
     async def go() -> None:
+        require_sqlite_file(settings.database_url)  # before the lock file is made
         lock = (
             SqliteLock(settings.database_url)
             if settings.database_url.startswith("sqlite")
@@ -312,6 +313,7 @@ def db_upgrade(database_url: str | None, verbose: bool) -> None:
     from retro.store import migrate
 
     async def go() -> tuple[str | None, str]:
+        store_db.require_sqlite_file(settings.database_url)
         engine = store_db.create_engine(settings.database_url)
         try:
             await store_db.check(engine, host=False, retro=False)

@@ -26,6 +26,7 @@ async def serve(settings: Settings, *, concurrency: int = 1) -> None:
     engine = db.create_engine(settings.database_url)
     try:
         await db.check(engine, host=True, retro=False)
+        await db.enable_wal(engine)
         await host.create_journal(engine)
     finally:
         await engine.dispose()

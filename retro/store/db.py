@@ -82,12 +82,22 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Per-connection settings only: nothing here writes to the file, so a file
+    # retro refuses (no host tables) is left byte for byte. WAL: enable_wal().
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=OFF")
     cursor.close()
+
+
+async def enable_wal(engine: AsyncEngine) -> None:
+    """Switch a SQLite file to WAL (persistent in the file) so the daemon, the CLI
+    and the workers can read while one writes; no-op on PostgreSQL. Call after
+    :func:`check` accepted the database."""
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
 async def table_names(conn: AsyncConnection) -> set[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retro.machine import PLAYABLE_STATUSES, SETTLED_STATUSES
@@ -165,7 +165,7 @@ async def scan(
         .order_by(matches.c.kickoff_time, matches.c.id)
     )
     gaps: list[Gap] = []
-    skipped: list[SkippedRow] = []
+    skipped = await _unreadable_kickoffs(conn)
     complete = blocked_count = 0
     for row in (await conn.execute(query)).mappings():
         try:
@@ -207,6 +207,7 @@ async def scan(
                 expected=expected,
             )
         )
+    gaps.sort(key=lambda gap: (gap.kickoff, gap.match_id))
     return Scan(
         since=since,
         until=now,
@@ -216,6 +217,28 @@ async def scan(
         complete=complete,
         blocked=blocked_count,
     )
+
+
+UNREADABLE_REPORT_LIMIT = 100
+"""Most unreadable-kickoff rows one scan reports."""
+
+
+async def _unreadable_kickoffs(conn: AsyncConnection) -> list[SkippedRow]:
+    """Playable matches whose ``kickoff_time`` is NULL or does not start with an
+    ISO date: the window's text range cannot see them, so report them here."""
+    query = (
+        select(matches.c.id, matches.c.kickoff_time)
+        .where(
+            matches.c.status.in_(sorted(PLAYABLE_STATUSES)),
+            or_(matches.c.kickoff_time.is_(None), ~matches.c.kickoff_time.like("____-__-__%")),
+        )
+        .order_by(matches.c.id)
+        .limit(UNREADABLE_REPORT_LIMIT)
+    )
+    return [
+        SkippedRow(match_id, f"unparseable kickoff_time {kickoff!r}: not ISO-8601")
+        for match_id, kickoff in await conn.execute(query)
+    ]
 
 
 def _kinds(

@@ -8,7 +8,7 @@ Core, in the host's own text forms (``kickoff_time`` as mixed ISO-8601 text).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import insert
@@ -215,6 +215,30 @@ async def test_unparseable_kickoff_is_reported_and_the_scan_goes_on(
     assert [s.match_id for s in result.skipped] == ["bad"]
     assert "2025-05-20T25:99" in result.skipped[0].reason
     assert result.complete == 1
+
+
+async def test_null_and_non_iso_kickoffs_are_reported_too(engine: AsyncEngine) -> None:
+    """Rows the window's text range cannot see are still reported, never fatal."""
+    await add_match(engine, "null", None, analysis=False)
+    await add_match(engine, "tbd", "TBD", analysis=False)
+    await add_match(engine, "local", "20/05/2025 19:00", analysis=False)
+    await add_match(engine, "ok", iso(NOW - timedelta(hours=3)), analysis=False)
+    result = await run_scan(engine)
+    assert [g.match_id for g in result.gaps] == ["ok"]
+    assert sorted(s.match_id for s in result.skipped) == ["local", "null", "tbd"]
+    assert all("unparseable kickoff_time" in s.reason for s in result.skipped)
+
+
+async def test_gaps_are_listed_by_instant_not_by_text(engine: AsyncEngine) -> None:
+    """Mixed text forms sort wrongly as text; the scan orders by the real instant."""
+    late = NOW - timedelta(hours=2)  # 10:00Z, written with a -05:00 offset: "05:00-05:00"
+    early = NOW - timedelta(hours=5)  # 07:00Z, written as Z
+    await add_match(
+        engine, "late", late.astimezone(timezone(timedelta(hours=-5))).isoformat(), analysis=False
+    )
+    await add_match(engine, "early", iso(early), analysis=False)
+    result = await run_scan(engine)
+    assert [g.match_id for g in result.gaps] == ["early", "late"]
 
 
 async def test_unknown_status_is_reported_called_off_matches_are_skipped_quietly(

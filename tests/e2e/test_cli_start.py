@@ -1,0 +1,150 @@
+"""``retro start`` and ``retro status`` as an operator runs them after an incident, on
+both backends: the dry run lists the gaps and writes nothing, the real run seeds one
+run per gap match, a second run seeds nothing and says why, status counts them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import select
+
+import retro.store.migrate
+from retro.store.schema import backfill_events, backfill_runs
+from tests.conftest import Backend
+from tests.e2e.clirunner import Result, run_retro
+from tests.e2e.hostdata import (
+    EXPECTED,
+    HostData,
+    engine_for,
+    row_counts,
+    seed_host,
+    upgrade_retro,
+)
+
+pytestmark = pytest.mark.e2e
+
+HOST_TABLES = ("models", "matches", "match_analysis", "predictions")
+STATES = ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled")
+QUEUES = ("analysis-queue", "predictions-queue", "settlement-queue")
+
+
+def _ok(result: Result) -> Result:
+    assert result.code == 0, result
+    assert "Traceback" not in result.output, result
+    return result
+
+
+def _runs(url: str) -> list[tuple[str, str]]:
+    """(match id, state) of every stored run, by match id."""
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(backfill_runs.c.match_id, backfill_runs.c.state).order_by(
+                    backfill_runs.c.match_id
+                )
+            )
+            return [(r.match_id, r.state) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def _event_types(url: str) -> list[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.scalars(select(backfill_events.c.type)))
+    finally:
+        engine.dispose()
+
+
+def _head_revision() -> str:
+    location = Path(retro.store.migrate.__file__).parent / "migrations"
+    head = ScriptDirectory(str(location)).get_current_head()
+    assert head is not None
+    return head
+
+
+def _state_count(stdout: str, state: str) -> int:
+    """The count on the ``state`` row of status's Runs table (box characters ignored)."""
+    found = re.search(rf"^\W*{state}\W+(\d+)\W*$", stdout, re.MULTILINE)
+    assert found, f"no {state!r} row in\n{stdout}"
+    return int(found.group(1))
+
+
+def _assert_lists_gaps(result: Result, expect: HostData) -> None:
+    out = result.stdout
+    assert f"{len(expect.gaps)} gap matches" in out, result
+    for kind, n in expect.by_kind().items():
+        assert f"{kind} {n}" in out, f"{kind} {n} not in\n{out}"
+    for match_id, kinds in expect.gaps.items():
+        row = next((line for line in out.splitlines() if match_id in line), None)
+        assert row is not None, f"gap match {match_id} not listed in\n{out}"
+        for kind in kinds:
+            assert kind in row, f"{match_id} row lacks {kind}: {row!r}"
+    for match_id in (*expect.complete, *expect.ignored):
+        assert match_id not in out, f"{match_id} listed as a gap\n{out}"
+    assert f"{EXPECTED} predictions expected per match" in out, result
+
+
+def test_start_dry_run_then_seed_then_nothing_then_status(tmp_path: Path, backend: Backend) -> None:
+    url = backend.database_url
+    expect = seed_host(url)
+    env = backend.env()
+    if backend.name == "postgres-server":
+        upgraded = _ok(run_retro("db", "upgrade", cwd=tmp_path, env=env))
+        assert f"revision {_head_revision()}" in upgraded.stdout, upgraded
+    host_before = {t: n for t, n in row_counts(url).items() if t in HOST_TABLES}
+
+    dry = _ok(run_retro("start", "--days", "14", "--dry-run", cwd=tmp_path, env=env))
+    _assert_lists_gaps(dry, expect)
+    assert f"would seed {len(expect.gaps)} run(s)" in dry.stdout, dry
+    assert "nothing written" in dry.stdout, dry
+    assert dry.stderr.strip() == "", dry
+    assert _runs(url) == []
+    assert _event_types(url) == []
+
+    seeded = _ok(run_retro("start", "--days", "14", cwd=tmp_path, env=env))
+    _assert_lists_gaps(seeded, expect)
+    assert f"Seeded {len(expect.gaps)} run(s)" in seeded.stdout, seeded
+    assert _runs(url) == [(match_id, "pending") for match_id in sorted(expect.gaps)]
+    assert _event_types(url) == ["RunSeeded"] * len(expect.gaps)
+
+    again = _ok(run_retro("start", "--days", "14", cwd=tmp_path, env=env))
+    assert "No runs seeded" in again.stdout, again
+    assert f"{len(expect.gaps)} gap match(es) already have a live run" in again.stdout, again
+    assert f"{len(expect.complete)} match(es) in the window are complete" in again.stdout
+    assert len(_runs(url)) == len(expect.gaps)
+    assert len(_event_types(url)) == len(expect.gaps)
+
+    status = _ok(run_retro("status", cwd=tmp_path, env=env))
+    for state in STATES:
+        want = len(expect.gaps) if state == "pending" else 0
+        assert _state_count(status.stdout, state) == want, status
+    workers = re.search(r"^Workers: (.*)$", status.stdout, re.MULTILINE)
+    assert workers, status
+    assert workers.group(1) == ", ".join(f"{queue} 0" for queue in QUEUES), status
+
+    host_after = {t: n for t, n in row_counts(url).items() if t in HOST_TABLES}
+    assert host_after == host_before, "retro must never write the host's tables"
+
+
+def test_start_reports_bad_rows_and_seeds_the_rest(tmp_path: Path, backend: Backend) -> None:
+    url = backend.database_url
+    expect = seed_host(url, bad_rows=True)
+    upgrade_retro(url)
+    result = _ok(run_retro("start", "--days", "14", cwd=tmp_path, env=backend.env()))
+    # stderr also carries the log (one INFO line per seeded run).
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == len(expect.skipped), result
+    for match_id, word in expect.skipped.items():
+        line = next((s for s in skipped if f"match {match_id}:" in s), None)
+        assert line is not None, f"{match_id} not reported as skipped\n{result}"
+        assert line.startswith("retro: skipped"), line
+        assert word in line, line
+        assert match_id not in result.stdout.replace(line, ""), "a skipped row was listed"
+    assert f"Seeded {len(expect.gaps)} run(s)" in result.stdout, result
+    assert [m for m, _ in _runs(url)] == sorted(expect.gaps)
