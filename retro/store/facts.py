@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.store.gaps import expected_models
-from retro.store.schema import match_analysis, matches, models, predictions
+from retro.store.gaps import expected_models, found_predictions, has_analysis
+from retro.store.schema import matches, predictions
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,6 @@ async def match_facts(
     conn: AsyncConnection, match_id: str, *, expected_override: int | None = None
 ) -> MatchFacts | None:
     """The facts of ``match_id``, or ``None`` if the match no longer exists."""
-    has_analysis = exists().where(
-        match_analysis.c.match_id == matches.c.id,
-        match_analysis.c.favorite_team_name.is_not(None),
-    )
-    found = (
-        select(func.count())
-        .select_from(predictions.join(models, models.c.id == predictions.c.model_id))
-        .where(
-            predictions.c.match_id == matches.c.id,
-            models.c.active.is_(True),
-            models.c.auto_disabled.is_(False),
-        )
-        .scalar_subquery()
-    )
     unscored = (
         select(func.count())
         .where(predictions.c.match_id == matches.c.id, predictions.c.status == "pending")
@@ -65,8 +51,8 @@ async def match_facts(
                     matches.c.status,
                     matches.c.home_score,
                     matches.c.away_score,
-                    has_analysis.label("has_analysis"),
-                    found.label("found"),
+                    has_analysis().label("has_analysis"),
+                    found_predictions().label("found"),
                     unscored.label("unscored"),
                 ).where(matches.c.id == match_id)
             )

