@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.embedded import EmbeddedRedis
-from retro.events import Event, Phase, Requested, RunCancelled, RunSeeded
-from retro.machine import TERMINAL, Facts, JobView, Policy, Run, State, decide
+from retro.events import Event, Phase, Requested, RunFailed, RunSeeded
+from retro.machine import TERMINAL, Facts, JobView, Policy, Run, State, decide, is_stale
 from retro.queue import (
     JOB_ID_FORMATS,
     JobOptions,
@@ -109,6 +109,7 @@ class App:
         self._embedded: EmbeddedRedis | None = None
         self.queues: Queues | None = None
         self.redis_warning: str | None = None
+        self._warned: set[tuple[str, str | None, int]] = set()
 
     async def __aenter__(self) -> App:
         try:
@@ -212,12 +213,13 @@ class App:
         report = TickReport()
         async with self.engine.connect() as conn:
             due = await runs.due(conn, now=now, max_in_flight=self.settings.max_in_flight)
-        for run_id in due.in_flight:
+        work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
+        for run_id, starting in work:
             report.looked_at += 1
-            await self._advance(run_id, now, report, starting=False)
-        for run_id in due.pending:
-            report.looked_at += 1
-            await self._advance(run_id, now, report, starting=True)
+            try:
+                await self._advance(run_id, now, report, starting=starting)
+            except Exception:  # one run's trouble must not hold up the others
+                log.exception("run=%s could not be advanced; the next tick retries", run_id)
         return report
 
     async def _advance(
@@ -236,43 +238,91 @@ class App:
                     run = await runs.get(conn, run_id, lock=True)
                     if run is None or run.state in TERMINAL:
                         return  # gone, finished, or a rival daemon holds it
-                    match = await match_facts(
-                        conn, run.match_id, expected_override=self.settings.expected_predictions
-                    )
-                    job = None
+                    job = workers = None
                     if run.job_id is not None and run.phase is not None:
                         job = await queues.job_view(run.phase, run.job_id)
-                    event = decide(run, _facts(match, job), now=now, policy=self.policy)
+                        if job.state in ("active", "waiting", "prioritized"):
+                            workers = await queues.worker_count(run.phase)
+                    # Read the data only after the job state, on a fresh snapshot: a
+                    # worker commits its data before BullMQ marks the job finished, so
+                    # a finished job is never paired with data from before it ran.
+                    async with self.engine.connect() as fresh:
+                        match = await match_facts(
+                            fresh,
+                            run.match_id,
+                            expected_override=self.settings.expected_predictions,
+                        )
+                    self._warn_if_unconsumed(run, job, workers)
+                    facts = _facts(match, job, workers)
+                    event = decide(run, facts, now=now, policy=self.policy)
                     if event is None:
-                        if job is not None and job.state == "unknown" and match is not None:
-                            # DESIGN §4.3-4.4: never enqueued (crash) or lost (Redis wiped).
-                            assert run.phase is not None and run.job_id is not None
-                            await queues.enqueue(run.phase, run.job_id, _payload(run.phase, match))
-                            log.info(
-                                "run=%s match=%s job=%s re-enqueued (job unknown)",
-                                run.id,
-                                run.match_id,
-                                run.job_id,
-                            )
+                        if job is not None and match is not None:
+                            await self._recover_job(run, job, match)
                         return
                     if isinstance(event, Requested):
-                        await queues.clear_stale(event.PHASE, event.job_id)  # step 1
+                        view = await queues.clear_stale(event.PHASE, event.job_id)  # step 1
+                        if view.state != "unknown":  # queued or running: adopt it
+                            event = replace(event, adopted_created_at=view.created_at)
                     new = await runs.append(conn, run, [event])  # step 2: intent
             except runs.ConcurrencyError:
                 log.info("run=%s lost an append race to a rival daemon", run_id)
                 return
             report.events.append((run_id, event))
-            log.info(
-                "run=%s match=%s event=%s %s", new.id, new.match_id, event.TYPE, _describe(event)
+            log.log(
+                logging.WARNING if isinstance(event, RunFailed) else logging.INFO,
+                "run=%s match=%s event=%s %s",
+                new.id,
+                new.match_id,
+                event.TYPE,
+                _describe(event),
             )
-            await self._effect(run, event, match)  # step 3: effect
+            await self._effect(run, new, event, match)  # step 3: effect
             starting = False
 
-    async def _effect(self, before: Run, event: Event, match: MatchFacts | None) -> None:
+    def _warn_if_unconsumed(self, run: Run, job: JobView | None, workers: int | None) -> None:
+        """Log once per job id and attempt that a job sits on a queue nobody consumes."""
+        if job is None or workers != 0 or run.phase is None or self.queues is None:
+            return
+        key = (run.id, run.job_id, run.attempt)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(
+            "run=%s match=%s job=%s is %s: no worker consuming %s",
+            run.id,
+            run.match_id,
+            run.job_id,
+            job.state,
+            self.queues.names[run.phase],
+        )
+
+    async def _recover_job(self, run: Run, job: JobView, match: MatchFacts) -> None:
+        """Re-perform step 3 for a job BullMQ does not hold for this attempt: never
+        enqueued (crash after the intent), lost (Redis wiped), or a stale leftover
+        of an earlier attempt (DESIGN §4.3-4.4). Costs no attempt."""
+        assert self.queues is not None and run.phase is not None and run.job_id is not None
+        if is_stale(run, job):
+            await self.queues.remove_finished(run.phase, run.job_id)
+        elif job.state != "unknown":
+            return
+        await self.queues.enqueue(run.phase, run.job_id, _payload(run.phase, match))
+        log.info(
+            "run=%s match=%s job=%s re-enqueued (job was %s)",
+            run.id,
+            run.match_id,
+            run.job_id,
+            job.state,
+        )
+
+    async def _effect(
+        self, before: Run, after: Run, event: Event, match: MatchFacts | None
+    ) -> None:
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
             await self.queues.enqueue(event.PHASE, event.job_id, _payload(event.PHASE, match))
-        elif isinstance(event, RunCancelled) and before.job_id and before.phase:
+        elif before.job_id and before.phase and after.job_id != before.job_id:
+            # The run no longer tracks this job (phase done, skipped, failed,
+            # cancelled): a copy still waiting must not run later.
             await self.queues.remove_unstarted(before.phase, before.job_id)
 
     # --- reads --------------------------------------------------------------
@@ -321,9 +371,9 @@ class App:
         }
 
 
-def _facts(match: MatchFacts | None, job: JobView | None) -> Facts:
+def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -> Facts:
     if match is None:
-        return Facts(match_found=False, job=job)
+        return Facts(match_found=False, job=job, workers=workers)
     return Facts(
         match_found=True,
         match_status=match.status,
@@ -334,6 +384,7 @@ def _facts(match: MatchFacts | None, job: JobView | None) -> Facts:
         predictions_expected=match.expected,
         unscored=match.unscored,
         job=job,
+        workers=workers,
     )
 
 

@@ -8,10 +8,11 @@ defaults. Defaults are the original script's (DESIGN §3, §6, §7).
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -107,6 +108,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _embedded_redis_needs_sqlite(self) -> Settings:
+        if self.redis_url == EMBEDDED_REDIS and not self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "redis_url is 'embedded' (the default) but the database is PostgreSQL: "
+                "set RETRO_REDIS_URL to the Redis your workers consume"
+            )
+        return self
+
     def embedded_redis_file(self) -> Path:
         """RDB file of the embedded Redis: ``embedded_redis_path`` if set, else
         ``<database>-redis.db`` beside a SQLite database, else ``retro-redis.db``."""
@@ -141,11 +151,15 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "settings"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(
-            f"invalid setting {name} (RETRO_{name.upper()}): {mask(message)}"
-        ) from None
+        name = ".".join(str(p) for p in first["loc"])
+        message = mask(first["msg"].removeprefix("Value error, "))
+        if not name:
+            raise ConfigError(f"invalid settings: {message}") from None
+        raise ConfigError(f"invalid setting {name} (RETRO_{name.upper()}): {message}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"retro.toml is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("retro.toml or .env is not UTF-8 text") from None
 
 
 _PASSWORD_IN_URL = re.compile(

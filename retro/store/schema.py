@@ -147,6 +147,8 @@ backfill_runs = Table(
     Column("attempt", Integer, nullable=False),
     Column("job_id", Text),
     Column("requested_at", UTCDateTime()),
+    Column("adopted_created_at", UTCDateTime()),
+    Column("judged_created_at", UTCDateTime()),
     Column("not_before", UTCDateTime()),
     Column("next_check_at", UTCDateTime()),
     Column("gaps", Text, nullable=False),

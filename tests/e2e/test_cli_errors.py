@@ -17,6 +17,7 @@ from tests.e2e.hostdata import files, row_counts, seed_host, table_names, upgrad
 
 pytestmark = pytest.mark.e2e
 
+SERVER_REDIS = "redis://127.0.0.1:6379/0"  # never reached: the database check fails first
 PASSWORD = "s3cretpw"
 HOST_TABLE_WORDS = ("host table", "models", "matches", "match_analysis", "predictions")
 
@@ -44,8 +45,17 @@ NO_DATABASE_CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     (
         "postgres-unreachable",
         ["start", "--days", "3"],
-        {"RETRO_DATABASE_URL": f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/x"},
+        {
+            "RETRO_DATABASE_URL": f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/x",
+            "RETRO_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
         ["unreachable", "u:***@127.0.0.1:1"],
+    ),
+    (
+        "postgres-with-embedded-redis",
+        ["start", "--days", "3"],
+        {"RETRO_DATABASE_URL": f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/x"},
+        ["embedded", "PostgreSQL", "RETRO_REDIS_URL"],
     ),
     (
         "sqlite-file-missing",
@@ -203,7 +213,11 @@ def test_sqlite_without_host_tables_is_left_byte_for_byte(tmp_path: Path, empty:
 
 def test_postgres_without_host_tables_gets_no_tables(tmp_path: Path, postgres_url: str) -> None:
     result = run_retro(
-        "start", "--days", "14", cwd=tmp_path, env={"RETRO_DATABASE_URL": postgres_url}
+        "start",
+        "--days",
+        "14",
+        cwd=tmp_path,
+        env={"RETRO_DATABASE_URL": postgres_url, "RETRO_REDIS_URL": SERVER_REDIS},
     )
     one_error_line(result, *HOST_TABLE_WORDS)
     assert table_names(postgres_url) == set()
@@ -216,7 +230,11 @@ def test_postgres_without_retro_tables_asks_for_db_upgrade(
     seed_host(postgres_url)
     before = row_counts(postgres_url)
     result = run_retro(
-        "start", "--days", "14", cwd=tmp_path, env={"RETRO_DATABASE_URL": postgres_url}
+        "start",
+        "--days",
+        "14",
+        cwd=tmp_path,
+        env={"RETRO_DATABASE_URL": postgres_url, "RETRO_REDIS_URL": SERVER_REDIS},
     )
     one_error_line(result, "backfill_runs", "retro db upgrade")
     assert row_counts(postgres_url) == before

@@ -77,7 +77,7 @@ def _state_count(stdout: str, state: str) -> int:
 
 def _assert_lists_gaps(result: Result, expect: HostData) -> None:
     out = result.stdout
-    assert f"{len(expect.gaps)} gap matches" in out, result
+    assert f"{len(expect.gaps)} gap matches (" in out, result
     for kind, n in expect.by_kind().items():
         assert f"{kind} {n}" in out, f"{kind} {n} not in\n{out}"
     for match_id, kinds in expect.gaps.items():
@@ -101,7 +101,7 @@ def test_start_dry_run_then_seed_then_nothing_then_status(tmp_path: Path, backen
 
     dry = _ok(run_retro("start", "--days", "14", "--dry-run", cwd=tmp_path, env=env))
     _assert_lists_gaps(dry, expect)
-    assert f"would seed {len(expect.gaps)} run(s)" in dry.stdout, dry
+    assert f"would seed {len(expect.gaps)} runs" in dry.stdout, dry
     assert "nothing written" in dry.stdout, dry
     assert dry.stderr.strip() == "", dry
     assert _runs(url) == []
@@ -109,14 +109,14 @@ def test_start_dry_run_then_seed_then_nothing_then_status(tmp_path: Path, backen
 
     seeded = _ok(run_retro("start", "--days", "14", cwd=tmp_path, env=env))
     _assert_lists_gaps(seeded, expect)
-    assert f"Seeded {len(expect.gaps)} run(s)" in seeded.stdout, seeded
+    assert f"Seeded {len(expect.gaps)} runs" in seeded.stdout, seeded
     assert _runs(url) == [(match_id, "pending") for match_id in sorted(expect.gaps)]
     assert _event_types(url) == ["RunSeeded"] * len(expect.gaps)
 
     again = _ok(run_retro("start", "--days", "14", cwd=tmp_path, env=env))
     assert "No runs seeded" in again.stdout, again
-    assert f"{len(expect.gaps)} gap match(es) already have a live run" in again.stdout, again
-    assert f"{len(expect.complete)} match(es) in the window are complete" in again.stdout
+    assert f"{len(expect.gaps)} gap matches already have a live run" in again.stdout, again
+    assert f"{len(expect.complete)} match in the window is complete" in again.stdout
     assert len(_runs(url)) == len(expect.gaps)
     assert len(_event_types(url)) == len(expect.gaps)
 
@@ -146,5 +146,5 @@ def test_start_reports_bad_rows_and_seeds_the_rest(tmp_path: Path, backend: Back
         assert line.startswith("retro: skipped"), line
         assert word in line, line
         assert match_id not in result.stdout.replace(line, ""), "a skipped row was listed"
-    assert f"Seeded {len(expect.gaps)} run(s)" in result.stdout, result
+    assert f"Seeded {len(expect.gaps)} runs" in result.stdout, result
     assert [m for m, _ in _runs(url)] == sorted(expect.gaps)

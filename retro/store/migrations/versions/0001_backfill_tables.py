@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("job_id", sa.Text()),
         sa.Column("requested_at", UTCDateTime()),
+        sa.Column("adopted_created_at", UTCDateTime()),
+        sa.Column("judged_created_at", UTCDateTime()),
         sa.Column("not_before", UTCDateTime()),
         sa.Column("next_check_at", UTCDateTime()),
         sa.Column("gaps", sa.Text(), nullable=False),
