@@ -36,6 +36,18 @@ MAX_STEPS_PER_RUN = 16
 """Events one run may take in one tick (a whole heal is about a dozen)."""
 
 
+REPROCESS: dict[str, tuple[str, ...]] = {
+    "missing": (),
+    "failed": ("failed",),
+    "all": ("all",),
+}
+"""``retro start --reprocess`` choices and the run states they lift the cooldown for."""
+
+
+class RetryRefused(ValueError):
+    """``retro retry`` cannot re-arm what it was asked to; nothing was written."""
+
+
 def policy_from(settings: Settings) -> Policy:
     """The machine's :class:`Policy` from ``settings``."""
     return Policy(
@@ -162,14 +174,22 @@ class App:
     # --- start --------------------------------------------------------------
 
     async def start(
-        self, *, days: int, now: datetime, dry_run: bool = False, until: datetime | None = None
+        self,
+        *,
+        days: int,
+        now: datetime,
+        dry_run: bool = False,
+        until: datetime | None = None,
+        reprocess: str = "missing",
     ) -> SeedReport:
         """Scan ``[until - days, until]`` for gap matches and seed one run per match.
 
         ``now`` (aware UTC) stamps the events and measures the cooldown;
         ``until`` ends the window (default ``now``; the demo replays 2025).
         Seeding is idempotent: a match with a live run, or whose run ended
-        inside the cooldown, is not seeded again.
+        inside the cooldown, is not seeded again. ``reprocess`` widens that:
+        ``missing`` (default) seeds gaps only; ``failed`` also seeds gap matches
+        whose last run failed inside the cooldown; ``all`` ignores the cooldown.
         """
         async with self.engine.begin() as conn:
             scan = await gaps.scan(
@@ -179,6 +199,7 @@ class App:
                 days=days,
                 cooldown=timedelta(seconds=self.settings.cooldown),
                 expected_override=self.settings.expected_predictions,
+                reprocess=REPROCESS[reprocess],
             )
         seeded: list[str] = []
         if not dry_run:
@@ -205,6 +226,44 @@ class App:
                     ",".join(event.gaps),
                 )
         return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run)
+
+    async def retry(self, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:
+        """Re-arm failed runs (``RunRearmed``): the given ids, or every failed run.
+
+        All or nothing: every named run must exist and be ``failed``.
+
+        Raises:
+            RetryRefused: an id is unknown, a run is not failed, or its match has
+                another live run; nothing is written.
+        """
+        async with self.engine.begin() as conn:
+            if failed:
+                targets = await runs.list_runs(conn, states=[State.FAILED], limit=1_000_000)
+            else:
+                targets = []
+                for run_id in run_ids:
+                    run = await runs.get(conn, run_id)
+                    if run is None:
+                        raise RetryRefused(f"no run {run_id!r}")
+                    if run.state is not State.FAILED:
+                        raise RetryRefused(f"run {run_id} is {run.state}, not failed")
+                    targets.append(run)
+            rearmed = []
+            for run in targets:
+                try:
+                    rearmed.append(await runs.rearm(conn, run, now=now))
+                except runs.ConcurrencyError:
+                    raise RetryRefused(
+                        f"run {run.id}: match {run.match_id} already has a live run"
+                    ) from None
+        for run in rearmed:
+            log.info("run=%s match=%s event=RunRearmed", run.id, run.match_id)
+        return rearmed
+
+    async def verify(self) -> runs.Audit:
+        """Rebuild every run from its events and compare with the stored projection."""
+        async with self.engine.connect() as conn:
+            return await runs.audit(conn)
 
     # --- tick ---------------------------------------------------------------
 

@@ -18,12 +18,14 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from retro.app import App, SeedReport, StatusReport
-from retro.cli.render import err, out, render_demo, render_start, render_status
+from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport
+from retro.cli.render import err, out, plural, render_demo, render_start, render_status
 from retro.config import ConfigError, Settings, load_settings, mask
+from retro.machine import Run
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError, require_sqlite_file
+from retro.store.runs import Audit
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -69,7 +71,7 @@ def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
     """Run ``coro``; map known errors to one line and an exit code."""
     try:
         return asyncio.run(coro)
-    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked) as exc:
+    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked, RetryRefused) as exc:
         if verbose:
             traceback.print_exc()
         fail(str(exc), EXIT_USAGE)
@@ -133,9 +135,23 @@ def cli() -> None:
     show_envvar=True,
     help="Show the gaps and what would be seeded; write nothing.",
 )
+@click.option(
+    "--reprocess",
+    type=click.Choice(sorted(REPROCESS)),
+    default="missing",
+    envvar="RETRO_REPROCESS",
+    show_envvar=True,
+    help="missing: gaps without a recent run; failed: also gaps whose last run failed "
+    "within the cooldown; all: ignore the cooldown.",
+)
 @connection_options
 def start(
-    days: int, dry_run: bool, database_url: str | None, redis_url: str | None, verbose: bool
+    days: int,
+    dry_run: bool,
+    reprocess: str,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
 ) -> None:
     """Scan for gap matches and seed one backfill run per match."""
     setup_logging(verbose)
@@ -143,9 +159,68 @@ def start(
 
     async def go() -> SeedReport:
         async with App(settings, redis=False) as retro:
-            return await retro.start(days=days, now=utcnow(), dry_run=dry_run)
+            return await retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess)
 
     render_start(execute(go(), verbose))
+
+
+@cli.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option(
+    "--failed",
+    is_flag=True,
+    envvar="RETRO_RETRY_FAILED",
+    show_envvar=True,
+    help="Re-arm every failed run.",
+)
+@connection_options
+def retry(
+    run_ids: tuple[str, ...],
+    failed: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+) -> None:
+    """Re-arm failed runs (RunRearmed): they start again from pending."""
+    if bool(run_ids) == failed:
+        raise click.UsageError("give run ids or --failed (one of them, not both)")
+    setup_logging(verbose)
+    settings = settings_from(database_url, redis_url)
+
+    async def go() -> list[Run]:
+        async with App(settings, redis=False) as retro:
+            return await retro.retry(list(run_ids), failed=failed, now=utcnow())
+
+    rearmed = execute(go(), verbose)
+    out.print(
+        f"Re-armed {plural(len(rearmed), 'run')}"
+        + (": " + ", ".join(r.id for r in rearmed) if rearmed else ".")
+    )
+
+
+@cli.command()
+@connection_options
+def verify(database_url: str | None, redis_url: str | None, verbose: bool) -> None:
+    """Rebuild every run from its events; exit 1 if a stored projection drifted."""
+    setup_logging(verbose)
+    settings = settings_from(database_url, redis_url)
+
+    async def go() -> Audit:
+        async with App(settings, redis=False) as retro:
+            return await retro.verify()
+
+    audit = execute(go(), verbose)
+    if audit.drifted:
+        err.print(
+            f"retro: drift: {plural(len(audit.drifted), 'run')} differ from their events: "
+            + ", ".join(audit.drifted[:20]),
+            markup=False,
+        )
+        raise SystemExit(EXIT_FAILURE)
+    out.print(
+        f"{plural(audit.runs, 'run')}, {plural(audit.events, 'event')}: every projection "
+        "equals the replay of its events."
+    )
 
 
 @cli.command()

@@ -11,6 +11,7 @@ an unparseable row is reported and skipped, never fatal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -133,6 +134,7 @@ async def scan(
     cooldown: timedelta,
     expected_override: int | None = None,
     clock: datetime | None = None,
+    reprocess: Sequence[str] = (),
 ) -> Scan:
     """Find gap matches that kicked off in ``[now - days, now]``.
 
@@ -143,6 +145,8 @@ async def scan(
         expected_override: predictions expected per match instead of the model count.
         clock: the current instant the cooldown counts back from (default ``now``;
             differs only when replaying a past window, as the demo does).
+        reprocess: terminal run states that do not hold a match in cooldown
+            (``failed``), or ``all`` to ignore the cooldown.
     """
     since = now - timedelta(days=days)
     expected = await expected_models(conn, expected_override)
@@ -153,7 +157,8 @@ async def scan(
         predictions.c.match_id == matches.c.id, predictions.c.status == "pending"
     )
     blocked = exists().where(
-        backfill_runs.c.match_id == matches.c.id, blocking_run_clause((clock or now) - cooldown)
+        backfill_runs.c.match_id == matches.c.id,
+        blocking_run_clause((clock or now) - cooldown, reprocess=reprocess),
     )
     query = (
         select(

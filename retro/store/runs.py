@@ -20,7 +20,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retro.events import Event, RunSeeded, from_record, to_record
+from retro.events import Event, RunRearmed, RunSeeded, from_record, to_record
 from retro.machine import IN_FLIGHT, TERMINAL, Run, State, Step, evolve, project, seed
 from retro.store.schema import backfill_events, backfill_runs
 
@@ -252,15 +252,32 @@ async def idle(conn: AsyncConnection) -> bool:
     return not value
 
 
-def blocking_run_clause(cooldown_start: datetime) -> Any:
+def blocking_run_clause(cooldown_start: datetime, *, reprocess: Sequence[str] = ()) -> Any:
     """SQL condition on ``backfill_runs`` for a run that keeps its match from being
-    seeded again: still live, or ended after ``cooldown_start`` (DESIGN §3 cooldown)."""
-    return or_(
-        backfill_runs.c.finished_at.is_(None),
-        and_(
-            backfill_runs.c.finished_at.is_not(None), backfill_runs.c.finished_at > cooldown_start
-        ),
+    seeded again: still live, or ended after ``cooldown_start`` (DESIGN §3 cooldown).
+
+    ``reprocess`` names terminal states whose runs do not hold a match in cooldown
+    (``retro start --reprocess failed``); ``"all"`` lifts the cooldown entirely.
+    """
+    live = backfill_runs.c.finished_at.is_(None)
+    if "all" in reprocess:
+        return live
+    cooling = and_(
+        backfill_runs.c.finished_at.is_not(None), backfill_runs.c.finished_at > cooldown_start
     )
+    if reprocess:
+        cooling = and_(cooling, backfill_runs.c.state.not_in(list(reprocess)))
+    return or_(live, cooling)
+
+
+async def rearm(conn: AsyncConnection, run: Run, *, now: datetime) -> Run:
+    """Append ``RunRearmed`` to a failed run (operator retry).
+
+    Raises:
+        IllegalTransition: the run is not ``failed``.
+        ConcurrencyError: a rival wrote first, or the match has another live run.
+    """
+    return await append(conn, run, [RunRearmed(at=now)])
 
 
 @asynccontextmanager
