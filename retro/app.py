@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
+from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Event, Phase, Requested, RunFailed, RunSeeded
 from retro.machine import TERMINAL, Facts, JobView, Policy, Run, State, decide, is_stale
@@ -111,6 +112,7 @@ class App:
         redis: bool = True,
         need_host: bool = True,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+        crash: CrashPoints | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy_from(settings)
@@ -122,6 +124,7 @@ class App:
         self.queues: Queues | None = None
         self.redis_warning: str | None = None
         self._warned: set[tuple[str, str | None, int]] = set()
+        self.crash = crash if crash is not None else CrashPoints()
 
     async def __aenter__(self) -> App:
         try:
@@ -322,10 +325,12 @@ class App:
                         view = await queues.clear_stale(event.PHASE, event.job_id)  # step 1
                         if view.state != "unknown":  # queued or running: adopt it
                             event = replace(event, adopted_created_at=view.created_at)
+                    self.crash.reach("before_append")
                     new = await runs.append(conn, run, [event])  # step 2: intent
             except runs.ConcurrencyError:
                 log.info("run=%s lost an append race to a rival daemon", run_id)
                 return
+            self.crash.reach("after_append")
             report.events.append((run_id, event))
             log.log(
                 logging.WARNING if isinstance(event, RunFailed) else logging.INFO,
@@ -378,7 +383,9 @@ class App:
     ) -> None:
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
+            self.crash.reach("before_enqueue")
             await self.queues.enqueue(event.PHASE, event.job_id, _payload(event.PHASE, match))
+            self.crash.reach("after_enqueue")
         elif before.job_id and before.phase and after.job_id != before.job_id:
             # The run no longer tracks this job (phase done, skipped, failed,
             # cancelled): a copy still waiting must not run later.

@@ -21,6 +21,7 @@ import click
 from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport
 from retro.cli.render import err, out, plural, render_demo, render_start, render_status
 from retro.config import ConfigError, Settings, load_settings, mask
+from retro.crashpoints import CrashPoints
 from retro.machine import Run
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
@@ -292,7 +293,7 @@ def run(
         if lock is not None:
             lock.acquire()
         try:
-            async with App(settings) as retro:
+            async with App(settings, crash=CrashPoints.from_env()) as retro:
                 logger = logging.getLogger("retro")
                 if retro.redis_warning:
                     logger.warning(retro.redis_warning)
