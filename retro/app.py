@@ -23,11 +23,13 @@ from retro.queue import (
     JOB_ID_FORMATS,
     JobOptions,
     Queues,
+    RedisUnreachable,
     analysis_payload,
     predictions_payload,
     queue_names,
     settlement_payload,
 )
+from retro.queue import is_unreachable as queue_is_unreachable
 from retro.store import db, gaps, migrate, runs
 from retro.store.facts import MatchFacts, match_facts
 
@@ -95,6 +97,7 @@ class StatusReport:
     in_flight: list[InFlight]
     failed: list[Run]
     workers: dict[str, int]
+    redis_error: str | None = None
 
 
 class App:
@@ -113,11 +116,14 @@ class App:
         need_host: bool = True,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
         crash: CrashPoints | None = None,
+        redis_optional: bool = False,
     ) -> None:
         self.settings = settings
         self.policy = policy_from(settings)
         self.new_id = new_id
         self._want_redis = redis
+        self._redis_optional = redis_optional
+        self.redis_error: str | None = None
         self._need_host = need_host
         self.engine = db.create_engine(settings.database_url)
         self._embedded: EmbeddedRedis | None = None
@@ -149,7 +155,14 @@ class App:
                         backoff_ms=self.settings.job_backoff_ms,
                     ),
                 )
-                self.redis_warning = await self.queues.check()
+                try:
+                    self.redis_warning = await self.queues.check()
+                except RedisUnreachable as exc:
+                    if not self._redis_optional:
+                        raise
+                    self.redis_error = str(exc)
+                    await self.queues.close()
+                    self.queues = None
         except BaseException:
             await self.close()
             raise
@@ -280,7 +293,9 @@ class App:
             report.looked_at += 1
             try:
                 await self._advance(run_id, now, report, starting=starting)
-            except Exception:  # one run's trouble must not hold up the others
+            except Exception as exc:  # one run's trouble must not hold up the others
+                if unreachable(exc):
+                    raise  # a dependency is down: every run would fail alike
                 log.exception("run=%s could not be advanced; the next tick retries", run_id)
         return report
 
@@ -427,7 +442,13 @@ class App:
                 in_flight.append(InFlight(run, home, away, job_state, idle_queue))
         else:
             in_flight = [InFlight(r, *teams[r.id], None, None) for r in live]
-        return StatusReport(counts=counts, in_flight=in_flight, failed=failed, workers=workers)
+        return StatusReport(
+            counts=counts,
+            in_flight=in_flight,
+            failed=failed,
+            workers=workers,
+            redis_error=self.redis_error,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Masked connection facts for output."""
@@ -435,6 +456,15 @@ class App:
             "database": mask_url(self.settings.database_url),
             "redis": mask_url(self.settings.redis_url),
         }
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """``"database"`` or ``"Redis"`` when ``exc`` means that dependency is down, else None."""
+    if db.is_unreachable(exc):
+        return "database"
+    if queue_is_unreachable(exc):
+        return "Redis"
+    return None
 
 
 def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -> Facts:

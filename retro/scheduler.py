@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import IO
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
-from retro.app import App, TickReport
+from retro.app import App, TickReport, unreachable
+from retro.config import mask
 from retro.queue import JOB_ID_FORMATS
 
 log = logging.getLogger("retro.daemon")
@@ -78,6 +80,40 @@ class SqliteLock:
             self._handle = None
 
 
+class Outage:
+    """Tracks a database or Redis outage: logs each backoff step once, and recovery.
+
+    Retry delays double from ``first`` seconds up to ``ceiling`` (the tick
+    interval), so work resumes within one tick of the dependency's return.
+    """
+
+    def __init__(self, *, first: float = 0.25, ceiling: float = 2.0) -> None:
+        self.first = first
+        self.ceiling = max(first, ceiling)
+        self.delay = first
+        self.since: float | None = None
+        self._logged: tuple[str, str, float] | None = None
+
+    def failed(self, dependency: str, exc: BaseException) -> None:
+        """Record a failed attempt; ``delay`` is the wait before the next one."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.delay = now, self.first
+        else:
+            self.delay = min(self.delay * 2, self.ceiling)
+        reason = mask(" ".join(str(exc).split())[:200]) or type(exc).__name__
+        step = (dependency, reason, self.delay)
+        if step != self._logged:
+            self._logged = step
+            log.warning("%s unreachable (%s); retrying in %g s", dependency, reason, self.delay)
+
+    def recovered(self) -> None:
+        """A tick succeeded: log the recovery once, reset the backoff."""
+        if self.since is not None:
+            log.info("dependencies reachable again after %.1f s", time.monotonic() - self.since)
+        self.since, self._logged, self.delay = None, None, self.first
+
+
 class Daemon:
     """Ticks and scans on a schedule until stopped (SIGTERM/SIGINT) or idle.
 
@@ -98,6 +134,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tick_lock = asyncio.Lock()
         self._scan_due = False
+        self._outage = Outage(ceiling=self.settings.tick_interval)
         self.ticks = 0
         self._prefixes = tuple(f.split("{", 1)[0] for f in JOB_ID_FORMATS.values())
 
@@ -135,15 +172,27 @@ class Daemon:
                 self.wake()  # progress frees slots and hands off: look again at once
             elif until_idle and await self.app.idle():
                 self.stop()
-        except Exception:
-            log.exception("tick failed; the next tick retries")
+        except Exception as exc:
+            dependency = unreachable(exc)
+            if dependency is None:
+                log.exception("tick failed; the next tick retries")
+                return
+            self._outage.failed(dependency, exc)
+            asyncio.get_running_loop().call_later(self._outage.delay, self.wake)
+        else:
+            self._outage.recovered()
 
     async def _scan(self) -> None:
         self._scan_due = False
         try:
             await self.scan()
-        except Exception:
-            log.exception("scan failed; the next scan retries")
+        except Exception as exc:
+            dependency = unreachable(exc)
+            if dependency is None:
+                log.exception("scan failed; the next scan retries")
+                return
+            self._scan_due = True  # retried with the next tick
+            self._outage.failed(dependency, exc)
 
     def _request_scan(self) -> None:
         self._scan_due = True

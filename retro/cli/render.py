@@ -139,6 +139,14 @@ def render_status(report: StatusReport, *, now: datetime) -> None:
         out.print(table)
     if report.workers:
         out.print("Workers: " + ", ".join(f"{q} {n}" for q, n in report.workers.items()))
+    out.print("Database: reachable")
+    if report.redis_error:
+        out.print(
+            f"Redis: UNREACHABLE ({report.redis_error}); job states and workers unknown",
+            markup=False,
+        )
+    else:
+        out.print("Redis: reachable")
 
 
 def render_demo(report: DemoReport) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import String, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from retro.config import mask
@@ -178,6 +178,16 @@ def _check_host_columns(sync: Any) -> None:
             f"matches.kickoff_time is {kind}, but retro reads it as ISO-8601 text "
             "(e.g. 2025-05-20T19:00:00.000Z)"
         )
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database did not answer (down, restarting,
+    connection dropped), as opposed to a bad query or bad data."""
+    if isinstance(exc, DatabaseUnreachable):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError)
 
 
 def first_line(exc: BaseException) -> str:
