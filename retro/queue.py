@@ -210,10 +210,12 @@ class Queues:
     async def job_view(self, phase: Phase, job_id: str) -> JobView:
         """BullMQ's view of ``job_id``: state (``unknown`` if absent) and timestamps."""
         queue = self.queue(phase)
-        job = await Job.fromId(queue, job_id)
-        if job is None:
-            return JobView(state="unknown")
+        # State first, data second: a job that finishes in between is read with its
+        # outcome (failedReason, finishedOn), never as "failed" without a reason.
         state = await queue.getJobState(job_id)
+        job = await Job.fromId(queue, job_id)
+        if job is None or state == "unknown":
+            return JobView(state="unknown")
         return JobView(
             state=str(state),
             created_at=_instant(job.timestamp),

@@ -232,10 +232,13 @@ def status(database_url: str | None, redis_url: str | None, verbose: bool) -> No
     settings = settings_from(database_url, redis_url)
 
     async def go() -> StatusReport:
-        async with App(settings) as retro:
+        async with App(settings, redis_optional=True) as retro:
             return await retro.status()
 
-    render_status(execute(go(), verbose), now=utcnow())
+    report = execute(go(), verbose)
+    render_status(report, now=utcnow())
+    if report.redis_error:
+        raise SystemExit(EXIT_FAILURE)  # the database answered; Redis did not
 
 
 @cli.command()
@@ -325,16 +328,45 @@ def run(
     show_envvar=True,
     help="Jobs each worker runs at once.",
 )
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    envvar="RETRO_PIPELINE_FAIL_RATE",
+    show_envvar=True,
+    help="Fail this share of jobs with 'injected failure' (chaos tests; 0 = never).",
+)
+@click.option(
+    "--lock-duration",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    envvar="RETRO_WORKER_LOCK_DURATION",
+    show_envvar=True,
+    help="BullMQ job lock, seconds: a dead worker's job is handed out again after 1-2 of these.",
+)
 @connection_options
 def workers(
-    concurrency: int, database_url: str | None, redis_url: str | None, verbose: bool
+    concurrency: int,
+    fail_rate: float,
+    lock_duration: float,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
 ) -> None:
     """Run the reference workers for the three queues (for operators without their own)."""
     setup_logging(verbose)
     settings = settings_from(database_url, redis_url)
     from retro.pipeline.service import serve
 
-    execute(serve(settings, concurrency=concurrency), verbose)
+    execute(
+        serve(
+            settings,
+            concurrency=concurrency,
+            fail_rate=fail_rate,
+            lock_duration=lock_duration,
+        ),
+        verbose,
+    )
 
 
 @cli.command()

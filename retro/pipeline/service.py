@@ -15,8 +15,17 @@ from retro.store import db, host
 log = logging.getLogger("retro.workers")
 
 
-async def serve(settings: Settings, *, concurrency: int = 1) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    fail_rate: float = 0.0,
+    lock_duration: float = 30.0,
+) -> None:
     """Consume the three queues until SIGTERM/SIGINT, then finish jobs in hand and exit.
+
+    ``fail_rate`` (0 to 1) injects failures (chaos tests); ``lock_duration`` is
+    BullMQ's job lock in seconds (see :func:`retro.pipeline.workers.run_workers`).
 
     Raises:
         StoreError: the database is unreachable or lacks the host tables.
@@ -53,6 +62,8 @@ async def serve(settings: Settings, *, concurrency: int = 1) -> None:
             mask_url(settings.redis_url),
             concurrency,
         )
+        if fail_rate > 0:
+            log.warning("injecting failures: %g of jobs fail with 'injected failure'", fail_rate)
         await run_workers(
             settings.database_url,
             redis_url,
@@ -60,6 +71,8 @@ async def serve(settings: Settings, *, concurrency: int = 1) -> None:
             queues=(settings.analysis_queue, settings.predictions_queue, settings.settlement_queue),
             stop=stop,
             concurrency=concurrency,
+            fail_rate=fail_rate,
+            lock_duration=lock_duration,
         )
         log.info("reference workers stopped")
     finally:

@@ -6,6 +6,13 @@ appends one row to ``pipeline_job_log`` whatever the outcome, and returns a
 small JSON-able dict. Failures raise with a one-line reason, which BullMQ keeps
 as the job's ``failedReason``. Every stage is idempotent, so a job that runs
 twice changes nothing the second time.
+
+Faults (:mod:`retro.pipeline.faults`): with a ``fail_rate`` a job fails with
+``injected failure`` (journalled like any failure); a stage that loses its
+database is retried with backoff instead of failing the job. A job BullMQ hands
+out again for the same attempt (``attemptsMade``) although the journal already
+holds its outcome (the worker died after the stage, before BullMQ recorded the
+result) is not run again: it ends with the journalled outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from retro.pipeline.faults import DB_RETRY_SECONDS, InjectedFailure, should_fail, with_db_retry
 from retro.pipeline.stages import StageError, run_analysis, run_predictions, run_settlement
 from retro.queue import consume
 from retro.store import host
@@ -87,13 +95,27 @@ Stage = Callable[[Mapping[str, Any], datetime], Awaitable[dict[str, Any]]]
 class ReferenceWorkers:
     """The three processors, bound to one host database engine."""
 
-    def __init__(self, engine: host.HostEngine, queues: tuple[str, str, str] = QUEUES) -> None:
+    def __init__(
+        self,
+        engine: host.HostEngine,
+        queues: tuple[str, str, str] = QUEUES,
+        *,
+        fail_rate: float = 0.0,
+        db_retry_seconds: float = DB_RETRY_SECONDS,
+    ) -> None:
         """Bind the processors to ``engine`` (the caller disposes of it).
 
-        ``queues`` are the (analysis, predictions, settlement) queue names, for the journal.
+        Args:
+            engine: the host database.
+            queues: the (analysis, predictions, settlement) queue names, for the journal.
+            fail_rate: probability (0 to 1) that a job fails with ``injected failure``,
+                drawn from the job's id, timestamp and attempts (0: never).
+            db_retry_seconds: how long a stage retries an unreachable database.
         """
         self._engine = engine
         self._queues = dict(zip(("analysis", "predictions", "settlement"), queues, strict=True))
+        self._fail_rate = fail_rate
+        self._db_retry = db_retry_seconds
 
     async def analyze(self, job: Any, token: str) -> dict[str, Any]:
         """Process an ``analyze-match`` job: ``{matchId, externalId, homeTeam, awayTeam,
@@ -163,10 +185,28 @@ class ReferenceWorkers:
         started = datetime.now(UTC)
         data = job.data
         match_id = data.get("matchId") if isinstance(data, dict) else None
+        earlier = await self._journalled(job, match_id)
+        if earlier is not None:
+            log.warning(
+                "job %s (timestamp %s, attempt %s) redelivered after its outcome %r was "
+                "journalled: not run again",
+                job.id,
+                job.timestamp,
+                job.attemptsMade,
+                earlier,
+            )
+            if earlier != "ok":
+                raise StageError(earlier.removeprefix("error: "))
+            return {"written": 0, "redelivered": True}
         try:
             if job.name != name:
                 raise PayloadError(f"job name {job.name!r} on the {phase} queue, expected {name!r}")
-            result = await stage(_object(data), started)
+            if should_fail(self._fail_rate, str(job.id), int(job.timestamp), int(job.attemptsMade)):
+                raise InjectedFailure()
+            payload = _object(data)
+            result = await with_db_retry(
+                lambda: stage(payload, started), max_seconds=self._db_retry
+            )
         except Exception as exc:
             reason = _one_line(exc)
             await self._journal(phase, job, match_id, started, f"error: {reason}")
@@ -190,9 +230,32 @@ class ReferenceWorkers:
             outcome=outcome,
         )
         try:
-            await host.log_job(self._engine, entry)
+            await with_db_retry(
+                lambda: host.log_job(self._engine, entry), max_seconds=self._db_retry
+            )
         except Exception as exc:  # the journal must never turn a success into a failure
             log.warning("could not journal job %s: %s", job.id, _one_line(exc))
+
+    async def _journalled(self, job: Any, match_id: Any) -> str | None:
+        """The journalled outcome of this very delivery (job id, timestamp and
+        ``attemptsMade``), or None when it has not run to the end before."""
+        if not isinstance(match_id, str):
+            return None
+        try:
+            entries = await with_db_retry(
+                lambda: host.job_log(self._engine, match_id=match_id), max_seconds=self._db_retry
+            )
+        except Exception as exc:  # cannot tell: run it (every stage is idempotent)
+            log.warning("could not read the journal for job %s: %s", job.id, _one_line(exc))
+            return None
+        for entry in entries:
+            if (entry.job_id, entry.job_timestamp, entry.attempts_made) == (
+                str(job.id),
+                int(job.timestamp),
+                int(job.attemptsMade),
+            ):
+                return entry.outcome
+        return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -211,6 +274,8 @@ async def run_workers(
     queues: tuple[str, str, str] = QUEUES,
     stop: asyncio.Event,
     concurrency: int = 1,
+    fail_rate: float = 0.0,
+    lock_duration: float = 30.0,
 ) -> None:
     """Consume the three queues until ``stop`` is set, then close the workers cleanly.
 
@@ -223,12 +288,15 @@ async def run_workers(
         queues: the (analysis, predictions, settlement) queue names.
         stop: set it to shut down.
         concurrency: jobs in parallel per queue.
+        fail_rate: probability (0 to 1) that a job fails with ``injected failure``.
+        lock_duration: BullMQ job lock, in seconds; a job whose worker died is handed
+            out again after one to two lock durations (BullMQ's stalled-job check).
 
     Raises:
         RuntimeError: a worker's loop ended before ``stop`` was set.
     """
     engine = create_engine(database_url)
-    processors = ReferenceWorkers(engine, queues)
+    processors = ReferenceWorkers(engine, queues, fail_rate=fail_rate)
     handlers = (processors.analyze, processors.predict, processors.settle)
     try:
         await consume(
@@ -238,6 +306,7 @@ async def run_workers(
             concurrency=concurrency,
             stop=stop,
             name="retro-reference",
+            lock_duration=lock_duration,
         )
     finally:
         await engine.dispose()

@@ -1,0 +1,1 @@
+"""Benchmarks and the chaos harness, each a script printing its figures."""
