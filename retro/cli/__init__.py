@@ -213,8 +213,8 @@ def verify(database_url: str | None, redis_url: str | None, verbose: bool) -> No
     audit = execute(go(), verbose)
     if audit.drifted:
         err.print(
-            f"retro: drift: {plural(len(audit.drifted), 'run')} differ from their events: "
-            + ", ".join(audit.drifted[:20]),
+            f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
+            "from their events: " + ", ".join(audit.drifted[:20]),
             markup=False,
         )
         raise SystemExit(EXIT_FAILURE)
