@@ -18,7 +18,17 @@ from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Event, Phase, Requested, RunFailed, RunSeeded
-from retro.machine import TERMINAL, Facts, JobView, Policy, Run, State, decide, is_stale
+from retro.machine import (
+    TERMINAL,
+    Facts,
+    JobView,
+    Policy,
+    Run,
+    State,
+    decide,
+    evolve,
+    is_stale,
+)
 from retro.queue import (
     JOB_ID_FORMATS,
     JobOptions,
@@ -340,6 +350,12 @@ class App:
                         view = await queues.clear_stale(event.PHASE, event.job_id)  # step 1
                         if view.state != "unknown":  # queued or running: adopt it
                             event = replace(event, adopted_created_at=view.created_at)
+                    elif run.job_id and run.phase and evolve(run, event).job_id != run.job_id:
+                        # The run stops tracking its job (phase done, skipped, failed,
+                        # cancelled): remove a copy that has not started, BEFORE the
+                        # event, so a crash cannot leave it queued. Safe to repeat: none
+                        # of these decisions depends on the job still existing.
+                        await queues.remove_unstarted(run.phase, run.job_id)
                     self.crash.reach("before_append")
                     new = await runs.append(conn, run, [event])  # step 2: intent
             except runs.ConcurrencyError:
@@ -355,7 +371,7 @@ class App:
                 event.TYPE,
                 _describe(event),
             )
-            await self._effect(run, new, event, match)  # step 3: effect
+            await self._effect(event, match)  # step 3: effect
             starting = False
 
     def _warn_if_unconsumed(self, run: Run, job: JobView | None, workers: int | None) -> None:
@@ -393,18 +409,13 @@ class App:
             job.state,
         )
 
-    async def _effect(
-        self, before: Run, after: Run, event: Event, match: MatchFacts | None
-    ) -> None:
+    async def _effect(self, event: Event, match: MatchFacts | None) -> None:
+        """Step 3: enqueue the job a ``…Requested`` event asked for."""
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
             self.crash.reach("before_enqueue")
             await self.queues.enqueue(event.PHASE, event.job_id, _payload(event.PHASE, match))
             self.crash.reach("after_enqueue")
-        elif before.job_id and before.phase and after.job_id != before.job_id:
-            # The run no longer tracks this job (phase done, skipped, failed,
-            # cancelled): a copy still waiting must not run later.
-            await self.queues.remove_unstarted(before.phase, before.job_id)
 
     # --- reads --------------------------------------------------------------
 
