@@ -106,7 +106,8 @@ class StatusReport:
     counts: dict[str, int]
     in_flight: list[InFlight]
     failed: list[Run]
-    workers: dict[str, int]
+    workers: dict[str, int | None]
+    """Workers per queue; ``None`` where Redis will not list its clients."""
     redis_error: str | None = None
 
 
@@ -436,7 +437,7 @@ class App:
             for run in live:
                 facts = await match_facts(conn, run.match_id)
                 teams[run.id] = (facts.home_team, facts.away_team) if facts else (None, None)
-        workers: dict[str, int] = {}
+        workers: dict[str, int | None] = {}
         in_flight: list[InFlight] = []
         if self.queues is not None:
             for phase in Phase:

@@ -250,14 +250,20 @@ class Queues:
             return bool(await self.queue(phase).remove(job_id))
         return False
 
-    async def worker_count(self, phase: Phase) -> int:
-        """Workers consuming ``phase``'s queue (by BullMQ's client names).
+    async def worker_count(self, phase: Phase) -> int | None:
+        """Workers consuming ``phase``'s queue (by BullMQ's client names), or ``None``
+        when Redis will not tell (``CLIENT LIST`` missing or denied by an ACL).
 
         A Node Worker names only its blocking connection; python-bullmq names both
         of a Worker's connections. The extra one is told apart by its last command,
         a Lua script (a blocking connection never runs one), so each Worker counts once.
         """
-        clients = await self.queue(phase).get_workers()
+        try:
+            clients = await self.queue(phase).get_workers()
+        except ResponseError:
+            return None
+        if any(client.get("name") == "CLIENT LIST not supported" for client in clients):
+            return None
         return sum(1 for client in clients if client.get("cmd") not in _SCRIPT_COMMANDS)
 
     def watch(self, on_finished: Callable[[str], None]) -> None:

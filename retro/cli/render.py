@@ -138,7 +138,10 @@ def render_status(report: StatusReport, *, now: datetime) -> None:
             )
         out.print(table)
     if report.workers:
-        out.print("Workers: " + ", ".join(f"{q} {n}" for q, n in report.workers.items()))
+        out.print(
+            "Workers: "
+            + ", ".join(f"{q} {'?' if n is None else n}" for q, n in report.workers.items())
+        )
     out.print("Database: reachable")
     if report.redis_error:
         out.print(

@@ -188,3 +188,45 @@ async def test_redis_outage_then_verify(tmp_path: Path, redis_server: RedisServe
     assert drift.stderr.strip().splitlines() == [
         f"retro: drift: 1 run differs from their events: {run_id}"
     ]
+
+
+async def test_redis_that_denies_client_list_still_heals(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Managed Redis often forbids CLIENT LIST: worker counts become unknown, not errors."""
+    from redis.asyncio import Redis
+
+    from retro.events import Phase
+    from retro.queue import JobOptions, Queues
+
+    admin = Redis.from_url(redis_server.url)
+    await admin.execute_command("ACL", "SETUSER", "default", "-client|list")
+    await admin.aclose()
+    names = {phase: f"{phase}-queue" for phase in Phase}
+    async with Queues(redis_server.url, prefix="acl", names=names, options=JobOptions()) as q:
+        assert await q.worker_count(Phase.ANALYSIS) is None
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'host.db'}"
+    engine = create_engine(url)
+    try:
+        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=["it.1"])
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    settings = Settings(database_url=url, redis_url=redis_server.url, max_in_flight=4)
+    stop = asyncio.Event()
+    workers = asyncio.create_task(run_workers(url, redis_server.url, stop=stop))
+    try:
+        async with App(settings) as app:
+            await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+            for _ in range(400):
+                await app.tick(now=datetime.now(UTC))
+                if await app.idle():
+                    break
+                await asyncio.sleep(0.05)
+            report = await app.status()
+            assert set(report.workers.values()) == {None}
+    finally:
+        stop.set()
+        await workers
+    assert await assert_healed(url) == {"done": seeded.gaps}
