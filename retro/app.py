@@ -313,50 +313,22 @@ class App:
     async def _advance(
         self, run_id: str, now: datetime, report: TickReport, *, starting: bool
     ) -> None:
-        queues = self.queues
-        assert queues is not None, "tick needs Redis"
+        """Take one run as far as the facts allow: facts, decide, intent, effect."""
         for _ in range(MAX_STEPS_PER_RUN):
             try:
                 async with self.engine.begin() as conn:
-                    if starting:
-                        await runs.serialize_starts(conn)
-                        in_flight = await runs.count_in_flight(conn)
-                        if in_flight >= self.settings.max_in_flight:
-                            return
+                    if starting and not await runs.slot_free(conn, self.settings.max_in_flight):
+                        return
                     run = await runs.get(conn, run_id, lock=True)
                     if run is None or run.state in TERMINAL:
                         return  # gone, finished, or a rival daemon holds it
-                    job = workers = None
-                    if run.job_id is not None and run.phase is not None:
-                        job = await queues.job_view(run.phase, run.job_id)
-                        if job.state in ("active", "waiting", "prioritized"):
-                            workers = await queues.worker_count(run.phase)
-                    # Read the data only after the job state, on a fresh snapshot: a
-                    # worker commits its data before BullMQ marks the job finished, so
-                    # a finished job is never paired with data from before it ran.
-                    async with self.engine.connect() as fresh:
-                        match = await match_facts(
-                            fresh,
-                            run.match_id,
-                            expected_override=self.settings.expected_predictions,
-                        )
-                    self._warn_if_unconsumed(run, job, workers)
-                    facts = _facts(match, job, workers)
+                    facts, match = await self._gather(run)
                     event = decide(run, facts, now=now, policy=self.policy)
                     if event is None:
-                        if job is not None and match is not None:
-                            await self._recover_job(run, job, match)
+                        if facts.job is not None and match is not None:
+                            await self._recover_job(run, facts.job, match)
                         return
-                    if isinstance(event, Requested):
-                        view = await queues.clear_stale(event.PHASE, event.job_id)  # step 1
-                        if view.state != "unknown":  # queued or running: adopt it
-                            event = replace(event, adopted_created_at=view.created_at)
-                    elif run.job_id and run.phase and evolve(run, event).job_id != run.job_id:
-                        # The run stops tracking its job (phase done, skipped, failed,
-                        # cancelled): remove a copy that has not started, BEFORE the
-                        # event, so a crash cannot leave it queued. Safe to repeat: none
-                        # of these decisions depends on the job still existing.
-                        await queues.remove_unstarted(run.phase, run.job_id)
+                    event = await self._prepare(run, event)  # step 1
                     self.crash.reach("before_append")
                     new = await runs.append(conn, run, [event])  # step 2: intent
             except runs.ConcurrencyError:
@@ -374,6 +346,44 @@ class App:
             )
             await self._effect(event, match)  # step 3: effect
             starting = False
+
+    async def _gather(self, run: Run) -> tuple[Facts, MatchFacts | None]:
+        """The facts of ``run``: BullMQ's view of its job first, then the data.
+
+        The data is read after the job state, on a fresh snapshot: a worker commits
+        its data before BullMQ marks the job finished, so a finished job is never
+        paired with data from before it ran.
+        """
+        assert self.queues is not None, "a tick needs Redis"
+        job = workers = None
+        if run.job_id is not None and run.phase is not None:
+            job = await self.queues.job_view(run.phase, run.job_id)
+            if job.state in ("active", "waiting", "prioritized"):
+                workers = await self.queues.worker_count(run.phase)
+        async with self.engine.connect() as fresh:
+            match = await match_facts(
+                fresh, run.match_id, expected_override=self.settings.expected_predictions
+            )
+        self._warn_if_unconsumed(run, job, workers)
+        return _facts(match, job, workers), match
+
+    async def _prepare(self, run: Run, event: Event) -> Event:
+        """Step 1, before the event is appended (DESIGN §4).
+
+        Entering a phase: remove a stale finished job with the deterministic id, or
+        adopt a queued/running one (recorded on the event). Leaving a job behind
+        (phase done, skipped, failed, cancelled): remove it if it has not started,
+        so a crash cannot leave it queued; safe to repeat, as none of these
+        decisions depends on the job still existing.
+        """
+        assert self.queues is not None
+        if isinstance(event, Requested):
+            view = await self.queues.clear_stale(event.PHASE, event.job_id)
+            if view.state != "unknown":
+                return replace(event, adopted_created_at=view.created_at)
+        elif run.job_id and run.phase and evolve(run, event).job_id != run.job_id:
+            await self.queues.remove_unstarted(run.phase, run.job_id)
+        return event
 
     def _warn_if_unconsumed(self, run: Run, job: JobView | None, workers: int | None) -> None:
         """Log once per job id and attempt that a job sits on a queue nobody consumes."""

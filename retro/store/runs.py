@@ -219,6 +219,13 @@ async def count_in_flight(conn: AsyncConnection) -> int:
     return int(value or 0)
 
 
+async def slot_free(conn: AsyncConnection, max_in_flight: int) -> bool:
+    """Whether a pending run may start under ``max_in_flight``; on PostgreSQL rival
+    daemons take this decision one at a time (advisory lock held to commit)."""
+    await serialize_starts(conn)
+    return await count_in_flight(conn) < max_in_flight
+
+
 async def serialize_starts(conn: AsyncConnection) -> None:
     """On PostgreSQL, take a transaction-scoped advisory lock so rival daemons
     start pending runs one at a time (keeps ``max_in_flight`` exact)."""
