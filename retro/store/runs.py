@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from retro.events import Event, RunRearmed, RunSeeded, from_record, to_record
 from retro.machine import IN_FLIGHT, TERMINAL, Run, State, Step, evolve, project, seed
-from retro.store.schema import backfill_events, backfill_runs
+from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
 
 
 class ConcurrencyError(RuntimeError):
@@ -183,10 +183,9 @@ async def due(conn: AsyncConnection, *, now: datetime, max_in_flight: int) -> Du
     In-flight runs are bounded by the cap, so the cost does not grow with the
     pending backlog: the pending query reads at most ``max_in_flight`` rows by index.
     """
-    states = [str(s) for s in IN_FLIGHT]
     flight = await conn.execute(
         select(backfill_runs.c.id, backfill_runs.c.next_check_at)
-        .where(backfill_runs.c.state.in_(states))
+        .where(text(IN_FLIGHT_SQL))  # literal: matches ix_backfill_runs_in_flight
         .order_by(backfill_runs.c.next_check_at)
     )
     in_flight, ready = [], []

@@ -137,6 +137,10 @@ predictions = Table(
 
 # --- retro's own tables (DESIGN §3) --------------------------------------------
 
+IN_FLIGHT_SQL = "state IN ('analyzing', 'predicting', 'settling')"
+"""Runs between pending and done, as literal SQL: SQLite matches a query to a
+partial index only when the query spells the same literal condition."""
+
 backfill_runs = Table(
     "backfill_runs",
     retro_metadata,
@@ -160,6 +164,13 @@ backfill_runs = Table(
     Column("finished_at", UTCDateTime()),
     Column("version", Integer, nullable=False),
     Index("ix_backfill_runs_next_check_at", "next_check_at"),
+    # The tick's in-flight lookup reads only these rows, however long the backlog.
+    Index(
+        "ix_backfill_runs_in_flight",
+        "next_check_at",
+        sqlite_where=text(IN_FLIGHT_SQL),
+        postgresql_where=text(IN_FLIGHT_SQL),
+    ),
     Index("ix_backfill_runs_match_id", "match_id", "finished_at"),
     # At most one live (unfinished) run per match, even with rival `retro start`s.
     Index(
