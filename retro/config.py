@@ -93,6 +93,7 @@ class Settings(BaseSettings):
                 f"unsupported database URL scheme {scheme or '(none)'!r}; "
                 f"use one of {', '.join(s + '://' for s in DATABASE_SCHEMES)}"
             )
+        _check_port(value)
         return value
 
     @field_validator("redis_url")
@@ -106,6 +107,11 @@ class Settings(BaseSettings):
                 f"unsupported Redis URL scheme {scheme or '(none)'!r}; "
                 f"use 'embedded' or one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
             )
+        _check_port(value)
+        if scheme in ("redis", "rediss"):
+            database = urlsplit(value).path.strip("/")
+            if database and not database.isdigit():
+                raise ValueError(f"Redis database {database!r} in the URL is not a number")
         return value
 
     @model_validator(mode="after")
@@ -136,6 +142,16 @@ class Settings(BaseSettings):
             "predictions": self.predictions_timeout,
             "settlement": self.settlement_timeout,
         }[phase]
+
+
+def _check_port(url: str) -> None:
+    """Raise ``ValueError`` (message without the URL) if ``url``'s port is not 0-65535."""
+    parts = urlsplit(url)
+    try:
+        _ = parts.port  # parsing the port is the check
+    except ValueError as exc:
+        port = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]  # never the password
+        raise ValueError(f"bad port {port!r} in the URL: {exc}") from None
 
 
 def load_settings(**overrides: object) -> Settings:

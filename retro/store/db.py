@@ -89,7 +89,7 @@ def create_engine(url: str) -> AsyncEngine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise StoreError(f"cannot parse database URL {mask(url)!r}") from None
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
@@ -180,6 +180,9 @@ def _check_host_columns(sync: Any) -> None:
         )
 
 
+_SCHEMA_ERRORS = ("no such table", "no such column", "syntax error", "has no column")
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True when ``exc`` means the database did not answer (down, restarting,
     connection dropped), as opposed to a bad query or bad data."""
@@ -187,7 +190,11 @@ def is_unreachable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, OperationalError | InterfaceError)
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    # SQLite reports schema mistakes as OperationalError too: those are not outages.
+    message = str(exc.orig if isinstance(exc, DBAPIError) else exc).lower()
+    return not any(word in message for word in _SCHEMA_ERRORS)
 
 
 def first_line(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.store.gaps import expected_models, found_predictions, has_analysis
+from retro.store.gaps import expected_models_query, found_predictions, has_analysis
 from retro.store.schema import matches, predictions
 
 
@@ -35,7 +35,7 @@ class MatchFacts:
 async def match_facts(
     conn: AsyncConnection, match_id: str, *, expected_override: int | None = None
 ) -> MatchFacts | None:
-    """The facts of ``match_id``, or ``None`` if the match no longer exists."""
+    """The facts of ``match_id``, or ``None`` if the match no longer exists (one query)."""
     unscored = (
         select(func.count())
         .where(predictions.c.match_id == matches.c.id, predictions.c.status == "pending")
@@ -54,6 +54,7 @@ async def match_facts(
                     has_analysis().label("has_analysis"),
                     found_predictions().label("found"),
                     unscored.label("unscored"),
+                    expected_models_query().scalar_subquery().label("expected"),
                 ).where(matches.c.id == match_id)
             )
         )
@@ -72,6 +73,6 @@ async def match_facts(
         away_score=row["away_score"],
         has_analysis=bool(row["has_analysis"]),
         found=int(row["found"]),
-        expected=await expected_models(conn, expected_override),
+        expected=int(row["expected"]) if expected_override is None else expected_override,
         unscored=int(row["unscored"]),
     )

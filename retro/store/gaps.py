@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.expression import Exists, ScalarSelect
+from sqlalchemy.sql.expression import Exists, ScalarSelect, Select
 
 from retro.machine import PLAYABLE_STATUSES, SETTLED_STATUSES
 from retro.store.runs import blocking_run_clause
@@ -97,10 +97,12 @@ async def expected_models(conn: AsyncConnection, override: int | None = None) ->
     """Predictions expected per match: active, not auto-disabled models (or ``override``)."""
     if override is not None:
         return override
-    value = await conn.scalar(
-        select(func.count()).where(models.c.active.is_(True), models.c.auto_disabled.is_(False))
-    )
-    return int(value or 0)
+    return int(await conn.scalar(expected_models_query()) or 0)
+
+
+def expected_models_query() -> Select[int]:
+    """``SELECT count(*)`` of expected models: ``active AND NOT auto_disabled``."""
+    return select(func.count()).where(models.c.active.is_(True), models.c.auto_disabled.is_(False))
 
 
 def has_analysis() -> Exists:
