@@ -322,7 +322,7 @@ class App:
                     run = await runs.get(conn, run_id, lock=True)
                     if run is None or run.state in TERMINAL:
                         return  # gone, finished, or a rival daemon holds it
-                    facts, match = await self._gather(run)
+                    facts, match = await self._gather(run, now)
                     event = decide(run, facts, now=now, policy=self.policy)
                     if event is None:
                         if facts.job is not None and match is not None:
@@ -347,8 +347,12 @@ class App:
             await self._effect(event, match)  # step 3: effect
             starting = False
 
-    async def _gather(self, run: Run) -> tuple[Facts, MatchFacts | None]:
-        """The facts of ``run``: BullMQ's view of its job first, then the data.
+    async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:
+        """The facts of ``run`` at ``now``: BullMQ's view of its job first, then the data.
+
+        Workers are counted (``CLIENT LIST``) for an active job, whose timeout
+        depends on it, and for a job queued a tick interval or longer, to warn
+        when no worker consumes its queue.
 
         The data is read after the job state, on a fresh snapshot: a worker commits
         its data before BullMQ marks the job finished, so a finished job is never
@@ -358,7 +362,10 @@ class App:
         job = workers = None
         if run.job_id is not None and run.phase is not None:
             job = await self.queues.job_view(run.phase, run.job_id)
-            if job.state in ("active", "waiting", "prioritized"):
+            waited = (now - (run.requested_at or now)).total_seconds()
+            if job.state == "active" or (
+                job.state in ("waiting", "prioritized") and waited >= self.settings.tick_interval
+            ):  # CLIENT LIST only where it matters, not on every fresh hand-off
                 workers = await self.queues.worker_count(run.phase)
         async with self.engine.connect() as fresh:
             match = await match_facts(
