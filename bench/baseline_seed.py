@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness
+from retro.app import job_payload
 from retro.events import Phase
 from retro.machine import SETTLED_STATUSES
 from retro.queue import (
@@ -41,9 +41,6 @@ from retro.queue import (
     JOB_ID_FORMATS,
     JOB_NAMES,
     Queues,
-    analysis_payload,
-    predictions_payload,
-    settlement_payload,
 )
 from retro.store.db import create_engine
 from retro.store.facts import MatchFacts, match_facts
@@ -87,15 +84,6 @@ def stages(facts: MatchFacts) -> list[Phase]:
     return needed
 
 
-def payload(phase: Phase, facts: MatchFacts) -> dict[str, Any]:
-    """The job's payload: retro's, byte for byte."""
-    if phase is Phase.ANALYSIS:
-        return analysis_payload(facts.match_id, facts.external_id, facts.home_team, facts.away_team)
-    if phase is Phase.PREDICTIONS:
-        return predictions_payload(facts.match_id)
-    return settlement_payload(facts.match_id, facts.home_score, facts.away_score, facts.status)
-
-
 async def baseline(
     database_url: str,
     queues: Queues,
@@ -123,7 +111,7 @@ async def baseline(
                     await queue.remove(job_id)
                 # 2. add with delay: 1000
                 opts = {**queues.options.for_job(job_id), "delay": delay_ms}
-                await queue.add(JOB_NAMES[phase], payload(phase, facts), opts)
+                await queue.add(JOB_NAMES[phase], job_payload(phase, facts), opts)
                 report.jobs += 1
                 # 3. poll every 2 s until finished (or the stage's timeout)
                 deadline = time.monotonic() + TIMEOUTS[phase]

@@ -418,7 +418,7 @@ class App:
             await self.queues.remove_finished(run.phase, run.job_id)
         elif job.state != "unknown":
             return
-        await self.queues.enqueue(run.phase, run.job_id, _payload(run.phase, match))
+        await self.queues.enqueue(run.phase, run.job_id, job_payload(run.phase, match))
         log.info(
             "run=%s match=%s job=%s re-enqueued (job was %s)",
             run.id,
@@ -432,7 +432,7 @@ class App:
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
             self.crash.reach("before_enqueue")
-            await self.queues.enqueue(event.PHASE, event.job_id, _payload(event.PHASE, match))
+            await self.queues.enqueue(event.PHASE, event.job_id, job_payload(event.PHASE, match))
             self.crash.reach("after_enqueue")
 
     # --- reads --------------------------------------------------------------
@@ -513,7 +513,8 @@ def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -
     )
 
 
-def _payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
+def job_payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
+    """The host payload of ``phase``'s job for ``match`` (DESIGN §1)."""
     if phase is Phase.ANALYSIS:
         return analysis_payload(match.match_id, match.external_id, match.home_team, match.away_team)
     if phase is Phase.PREDICTIONS:

@@ -236,8 +236,8 @@ class Queues:
         return view
 
     async def remove_finished(self, phase: Phase, job_id: str) -> None:
-        """Remove ``job_id`` if it is completed or failed (a stale leftover)."""
-        await self.clear_stale(phase, job_id)
+        """Remove ``job_id``, already seen completed or failed (a stale leftover)."""
+        await self.queue(phase).remove(job_id)
 
     async def enqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
         """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists)."""

@@ -39,12 +39,15 @@ def utcnow() -> datetime:
 
 class SqliteLock:
     """An exclusive ``flock`` on ``<database>.daemon.lock`` next to a SQLite file:
-    a second daemon on the same file refuses to start (DESIGN §4)."""
+    a second daemon on the same file refuses to start (DESIGN §4). A no-op for
+    any other database."""
 
     def __init__(self, database_url: str) -> None:
-        database = make_url(database_url).database or ""
-        self.database = database
-        self.path = Path(database + ".daemon.lock") if database else None
+        url = make_url(database_url)
+        self.database = url.database or ""
+        in_a_file = url.get_backend_name() == "sqlite" and self.database not in ("", ":memory:")
+        # PostgreSQL needs no lock: rival daemons share the work there.
+        self.path = Path(self.database + ".daemon.lock") if in_a_file else None
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -135,14 +138,12 @@ class Daemon:
         self._tick_lock = asyncio.Lock()
         self._scan_due = False
         self._outage = Outage(ceiling=self.settings.tick_interval)
-        self.ticks = 0
         self._prefixes = tuple(f.split("{", 1)[0] for f in JOB_ID_FORMATS.values())
 
     async def run_once(self) -> TickReport:
         """Exactly one tick, at the clock's ``now``."""
         async with self._tick_lock:
             report = await self.app.tick(now=self.clock())
-            self.ticks += 1
             return report
 
     async def scan(self) -> None:

@@ -288,13 +288,8 @@ def run(
 
     async def go() -> None:
         require_sqlite_file(settings.database_url)  # before the lock file is made
-        lock = (
-            SqliteLock(settings.database_url)
-            if settings.database_url.startswith("sqlite")
-            else None
-        )
-        if lock is not None:
-            lock.acquire()
+        lock = SqliteLock(settings.database_url)
+        lock.acquire()
         try:
             async with App(settings, crash=CrashPoints.from_env()) as retro:
                 logger = logging.getLogger("retro")
@@ -313,8 +308,7 @@ def run(
                     ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
                 )
         finally:
-            if lock is not None:
-                lock.release()
+            lock.release()
 
     execute(go(), verbose)
 

@@ -38,7 +38,6 @@ from retro.store.host_rows import (
 )
 from retro.store.host_settlement import settle_matches
 
-ANALYSED_BEFORE = timedelta(days=1)
 PREDICTED_BEFORE = timedelta(minutes=30)
 SETTLED_AFTER = timedelta(hours=2)
 

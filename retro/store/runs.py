@@ -9,8 +9,7 @@ appended first) surfaces as :class:`ConcurrencyError`, raised here and only here
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retro.events import Event, RunRearmed, RunSeeded, from_record, to_record
 from retro.machine import IN_FLIGHT, TERMINAL, Run, State, Step, evolve, project, seed
@@ -268,9 +267,7 @@ def blocking_run_clause(cooldown_start: datetime, *, reprocess: Sequence[str] = 
     live = backfill_runs.c.finished_at.is_(None)
     if "all" in reprocess:
         return live
-    cooling = and_(
-        backfill_runs.c.finished_at.is_not(None), backfill_runs.c.finished_at > cooldown_start
-    )
+    cooling = backfill_runs.c.finished_at > cooldown_start
     if reprocess:
         cooling = and_(cooling, backfill_runs.c.state.not_in(list(reprocess)))
     return or_(live, cooling)
@@ -284,13 +281,6 @@ async def rearm(conn: AsyncConnection, run: Run, *, now: datetime) -> Run:
         ConcurrencyError: a rival wrote first, or the match has another live run.
     """
     return await append(conn, run, [RunRearmed(at=now)])
-
-
-@asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection in a transaction, committed on success, rolled back on error."""
-    async with engine.begin() as conn:
-        yield conn
 
 
 @dataclass(frozen=True)
