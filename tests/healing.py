@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
+from retro.app import App
+from retro.config import Settings
+from retro.demo.seed import seed_demo
 from retro.events import Requested
-from retro.store import host, runs
+from retro.store import host, migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_runs, predictions
 
 DEMO_NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)
+
+
+async def seed_outage(database_url: str, competitions: Sequence[str]) -> int:
+    """The demo season of ``competitions`` with its 14-day outage, host and retro
+    tables included; returns the number of gap matches it left."""
+    engine = create_engine(database_url)
+    try:
+        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=list(competitions))
+        await migrate.upgrade(engine)
+        return seeded.gaps
+    finally:
+        await engine.dispose()
+
+
+async def seed_runs(
+    database_url: str, redis_url: str, competitions: Sequence[str], *, prefix: str = "bull"
+) -> list[str]:
+    """:func:`seed_outage`, then one run seeded per gap match (``retro start --days 14``
+    at the demo's present); returns the run ids, one per gap."""
+    gaps = await seed_outage(database_url, competitions)
+    settings = Settings(database_url=database_url, redis_url=redis_url, queue_prefix=prefix)
+    async with App(settings, redis=False) as app:
+        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+    assert len(report.seeded) == gaps
+    return report.seeded
 
 
 async def assert_healed(database_url: str, *, expected_per_match: int = 42) -> dict[str, int]:

@@ -11,20 +11,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from retro.app import App
-from retro.config import Settings
-from retro.demo.seed import seed_demo
-from retro.store import migrate, runs
+from retro.store import runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_events
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed
+from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
 KILLS = 6
@@ -66,20 +62,10 @@ async def progress(database_url: str) -> tuple[int, int]:
 async def test_sigkill_daemon_mid_heal(
     backend: Backend, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    engine = create_engine(backend.database_url)
-    try:
-        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=["en.1", "de.1"])
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    settings = Settings(
-        database_url=backend.database_url,
-        redis_url=backend.redis_url,
-        queue_prefix=backend.prefix,
+    seeded = await seed_runs(
+        backend.database_url, backend.redis_url, ["en.1", "de.1"], prefix=backend.prefix
     )
-    async with App(settings, redis=False) as app:
-        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
-    assert len(report.seeded) == seeded.gaps > 10
+    assert len(seeded) > 10
 
     processes.append(spawn(backend, tmp_path, "workers", "--concurrency", "2"))
     rng = random.Random(20250526)
@@ -107,4 +93,4 @@ async def test_sigkill_daemon_mid_heal(
         await asyncio.sleep(0.1)
     assert final.returncode == 0, (tmp_path / "run.log").read_text()[-2000:]
     counts = await assert_healed(backend.database_url)
-    assert counts == {"done": seeded.gaps}
+    assert counts == {"done": len(seeded)}

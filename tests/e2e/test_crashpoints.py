@@ -8,21 +8,17 @@ import asyncio
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from retro.app import App
-from retro.config import Settings
 from retro.crashpoints import CRASH_EXIT_CODE, POINTS
-from retro.demo.seed import seed_demo
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort
 from retro.pipeline.workers import run_workers
-from retro.store import migrate, runs
+from retro.store import runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed
+from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
 ARGS = ("run", "--no-scan", "--until-idle", "--max-in-flight", "2", "--tick-interval", "0.2")
@@ -60,17 +56,9 @@ async def charged_attempts(database_url: str) -> int:
 async def test_crash_at_each_point_then_restart(
     backend: Backend, tmp_path: Path, point: str
 ) -> None:
-    engine = create_engine(backend.database_url)
-    try:
-        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=["fr.1"])
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    settings = Settings(
-        database_url=backend.database_url, redis_url=backend.redis_url, queue_prefix=backend.prefix
+    seeded = await seed_runs(
+        backend.database_url, backend.redis_url, ["fr.1"], prefix=backend.prefix
     )
-    async with App(settings, redis=False) as app:
-        await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
 
     stop = asyncio.Event()
     workers = asyncio.create_task(
@@ -85,5 +73,5 @@ async def test_crash_at_each_point_then_restart(
     finally:
         stop.set()
         await workers
-    assert await assert_healed(backend.database_url) == {"done": seeded.gaps}
+    assert await assert_healed(backend.database_url) == {"done": len(seeded)}
     assert await charged_attempts(backend.database_url) == 0

@@ -22,12 +22,9 @@ from sqlalchemy import text
 
 from retro.app import App
 from retro.config import Settings
-from retro.demo.seed import seed_demo
 from retro.pipeline.workers import run_workers
-from retro.store import migrate
-from retro.store.db import create_engine
 from tests.e2e.test_crashpoints import charged_attempts
-from tests.healing import DEMO_NOW, assert_healed
+from tests.healing import DEMO_NOW, assert_healed, seed_outage, seed_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -108,15 +105,8 @@ def retro(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
 async def test_redis_outage_then_verify(tmp_path: Path, redis_server: RedisServer) -> None:
     database = tmp_path / "host.db"
     url = f"sqlite+aiosqlite:///{database}"
-    engine = create_engine(url)
-    try:
-        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=["it.1"])
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    seeded = await seed_runs(url, redis_server.url, ["it.1"])
     env = {"RETRO_DATABASE_URL": url, "RETRO_REDIS_URL": redis_server.url}
-    async with App(Settings(database_url=url, redis_url=redis_server.url), redis=False) as app:
-        await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
 
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log:
@@ -170,7 +160,7 @@ async def test_redis_outage_then_verify(tmp_path: Path, redis_server: RedisServe
     assert any("reachable again" in line for line in lines), lines
     assert any("re-enqueued (job was unknown)" in line for line in lines), lines
     assert not any("Traceback" in line for line in lines), lines
-    assert await assert_healed(url) == {"done": seeded.gaps}
+    assert await assert_healed(url) == {"done": len(seeded)}
     assert await charged_attempts(url) == 0
 
     ok = retro(tmp_path, env, "verify")
@@ -207,12 +197,7 @@ async def test_redis_that_denies_client_list_still_heals(
         assert await q.worker_count(Phase.ANALYSIS) is None
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'host.db'}"
-    engine = create_engine(url)
-    try:
-        seeded = await seed_demo(engine, now=DEMO_NOW, competitions=["it.1"])
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    gaps = await seed_outage(url, ["it.1"])
     settings = Settings(database_url=url, redis_url=redis_server.url, max_in_flight=4)
     stop = asyncio.Event()
     workers = asyncio.create_task(run_workers(url, redis_server.url, stop=stop))
@@ -229,4 +214,4 @@ async def test_redis_that_denies_client_list_still_heals(
     finally:
         stop.set()
         await workers
-    assert await assert_healed(url) == {"done": seeded.gaps}
+    assert await assert_healed(url) == {"done": gaps}

@@ -17,19 +17,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from retro.app import App
-from retro.config import Settings
-from retro.demo.seed import seed_demo
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested, RunFailed
-from retro.store import host, migrate, runs
+from retro.store import host, runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed
+from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -68,20 +64,10 @@ def spawn(backend: Backend, log: Path, *args: str) -> subprocess.Popen[bytes]:
 
 async def seed(backend: Backend) -> int:
     """The demo outage of two leagues (about 25 gap matches), seeded as runs."""
-    engine = create_engine(backend.database_url)
-    try:
-        await seed_demo(engine, now=DEMO_NOW, competitions=["en.1", "de.1"])
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    settings = Settings(
-        database_url=backend.database_url,
-        redis_url=backend.redis_url,
-        queue_prefix=backend.prefix,
+    seeded = await seed_runs(
+        backend.database_url, backend.redis_url, ["en.1", "de.1"], prefix=backend.prefix
     )
-    async with App(settings, redis=False) as app:
-        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
-    return len(report.seeded)
+    return len(seeded)
 
 
 async def history(database_url: str) -> dict[str, list[object]]:

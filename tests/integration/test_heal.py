@@ -10,13 +10,10 @@ import pytest
 
 from retro.app import App
 from retro.config import Settings
-from retro.demo.seed import seed_demo
 from retro.pipeline.workers import run_workers
 from retro.scheduler import Daemon
-from retro.store import migrate
-from retro.store.db import create_engine
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed
+from tests.healing import DEMO_NOW, assert_healed, seed_outage
 
 
 def settings_for(backend: Backend, **more: object) -> Settings:
@@ -29,13 +26,7 @@ def settings_for(backend: Backend, **more: object) -> Settings:
 
 
 async def seed(backend: Backend) -> int:
-    engine = create_engine(backend.database_url)
-    try:
-        seeded = await seed_demo(engine, now=DEMO_NOW, outage_days=14, competitions=["en.1"])
-        await migrate.upgrade(engine)
-        return seeded.gaps
-    finally:
-        await engine.dispose()
+    return await seed_outage(backend.database_url, ["en.1"])
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 4])
