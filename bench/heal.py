@@ -18,6 +18,11 @@ fresh PostgreSQL database + a private redis-server), for each side from scratch:
 
 Prints the rates and the ratios last. Target (issue 4): >= 150x the baseline's
 rate at max_in_flight 1.
+
+``--profile DIR`` runs retro's heals under pyinstrument (bench/profiling.py): the
+full profile goes to ``DIR/heal-<backend>-<max_in_flight>.txt`` and the share of
+each part of a tick step is printed. The profiler slows the daemon down, so the
+rates of a profiled run are not the bench's figures.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness
+from bench import harness, profiling
 from bench.baseline_seed import BaselineReport, baseline
 from bench.chaos import DEMO_NOW
+from bench.profiling import Breakdown, profiled
 from retro.machine import State
 from retro.scheduler import Daemon
 from retro.store import runs
@@ -51,6 +57,7 @@ class Heal:
     seconds: float
     events: int
     parts: dict[str, list[float]]
+    profile: Breakdown
 
     @property
     def rate(self) -> float:
@@ -58,8 +65,15 @@ class Heal:
         return self.states.get(State.DONE, 0) / self.seconds
 
 
-async def heal(name: str, *, max_in_flight: int, outage_days: int, postgres_url: str) -> Heal:
-    """Retro heals every gap match of a fresh backend."""
+async def heal(
+    name: str,
+    *,
+    max_in_flight: int,
+    outage_days: int,
+    postgres_url: str,
+    profile: Path | None = None,
+) -> Heal:
+    """Retro heals every gap match of a fresh backend (profiled into ``profile``)."""
     with harness.backend(name, postgres_url) as be:
         await harness.seed(be, outage_days=outage_days, competitions=None)
         async with harness.app(be, max_in_flight=max_in_flight) as app:
@@ -71,9 +85,10 @@ async def heal(name: str, *, max_in_flight: int, outage_days: int, postgres_url:
                     f"[{name}] retro, max_in_flight {max_in_flight}: {len(seeded.seeded)} runs ...",
                     flush=True,
                 )
-                started = time.perf_counter()
-                await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
-                seconds = time.perf_counter() - started
+                with profiled(profile) as breakdown:
+                    started = time.perf_counter()
+                    await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
+                    seconds = time.perf_counter() - started
             parts = await harness.breakdown(app.queues, [g.match_id for g in seeded.scan.gaps])
             async with app.engine.connect() as conn:
                 counts = await runs.counts_by_state(conn)
@@ -86,6 +101,7 @@ async def heal(name: str, *, max_in_flight: int, outage_days: int, postgres_url:
         seconds,
         n_events,
         parts,
+        breakdown,
     )
 
 
@@ -108,6 +124,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:
             max_in_flight=m,
             outage_days=args.outage_days,
             postgres_url=args.postgres_url,
+            profile=args.profile / f"heal-{args.backend}-{m}.txt" if args.profile else None,
         )
         for m in args.max_in_flight
     ]
@@ -130,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres-url",
         default=harness.POSTGRES_URL,
         help="server for the fresh database (default $RETRO_TEST_POSTGRES_URL or the local one)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile retro's heals with pyinstrument; reports go to DIR",
     )
     args = parser.parse_args(argv)
     heals, report = asyncio.run(run(args))
@@ -157,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 for part, v in h.parts.items()
             )
         )
+    if args.profile:
+        for h in heals:
+            label = f"{args.backend}: retro max_in_flight {h.max_in_flight}"
+            path = args.profile / f"heal-{args.backend}-{h.max_in_flight}.txt"
+            for line in profiling.report(label, h.profile, events=h.events, path=path):
+                print(line)
     for h in heals:
         ratio = h.rate / base_rate
         verdict = f" (target >= 150x: {'met' if ratio >= 150 else 'MISSED'})"

@@ -46,7 +46,7 @@ from retro.store.facts import MatchFacts, match_facts
 log = logging.getLogger("retro")
 
 MAX_STEPS_PER_RUN = 16
-"""Events one run may take in one tick (a whole heal is about a dozen)."""
+"""Events one run may decide on one reading of the facts (a whole heal is about a dozen)."""
 
 
 REPROCESS: dict[str, tuple[str, ...]] = {
@@ -86,6 +86,8 @@ class TickReport:
 
     looked_at: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
+    ended: int = 0
+    """Runs that reached a terminal state (each frees a ``max_in_flight`` slot)."""
 
 
 @dataclass(frozen=True)
@@ -313,28 +315,49 @@ class App:
     async def _advance(
         self, run_id: str, now: datetime, report: TickReport, *, starting: bool
     ) -> None:
-        """Take one run as far as the facts allow: facts, decide, intent, effect."""
-        for _ in range(MAX_STEPS_PER_RUN):
-            try:
-                async with self.engine.begin() as conn:
-                    if starting and not await runs.slot_free(conn, self.settings.max_in_flight):
-                        return
-                    run = await runs.get(conn, run_id, lock=True)
-                    if run is None or run.state in TERMINAL:
-                        return  # gone, finished, or a rival daemon holds it
-                    facts, match = await self._gather(run, now)
-                    event = decide(run, facts, now=now, policy=self.policy)
+        """Take one run as far as one reading of the facts allows: gather, decide
+        and prepare each event (step 1), append them all in one transaction
+        (step 2: intent), then enqueue (step 3: effect).
+
+        The events are decided on one snapshot of the facts: after a phase
+        completes, the next phase is requested in the same transaction. The chain
+        stops at a ``…Requested`` event (its job must be enqueued after the commit,
+        and its outcome is news for a later tick), at a terminal state, or when
+        :func:`decide` waits.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                if starting and not await runs.slot_free(conn, self.settings.max_in_flight):
+                    return
+                run = await runs.get(conn, run_id, lock=True)
+                if run is None or run.state in TERMINAL:
+                    return  # gone, finished, or a rival daemon holds it
+                facts, match = await self._gather(run, now)
+                batch: list[Event] = []
+                current = run
+                for _ in range(MAX_STEPS_PER_RUN):
+                    event = decide(current, facts, now=now, policy=self.policy)
                     if event is None:
-                        if facts.job is not None and match is not None:
-                            await self._recover_job(run, facts.job, match)
-                        return
-                    event = await self._prepare(run, event)  # step 1
-                    self.crash.reach("before_append")
-                    new = await runs.append(conn, run, [event])  # step 2: intent
-            except runs.ConcurrencyError:
-                log.info("run=%s lost an append race to a rival daemon", run_id)
-                return
-            self.crash.reach("after_append")
+                        break
+                    event = await self._prepare(current, event)  # step 1
+                    batch.append(event)
+                    following = evolve(current, event)
+                    if following.job_id != current.job_id:
+                        facts = replace(facts, job=None, workers=None)  # that job is behind us
+                    current = following
+                    if isinstance(event, Requested) or current.state in TERMINAL:
+                        break
+                if not batch:
+                    if facts.job is not None and match is not None:
+                        await self._recover_job(run, facts.job, match)
+                    return
+                self.crash.reach("before_append")
+                new = await runs.append(conn, run, batch)  # step 2: intent
+        except runs.ConcurrencyError:
+            log.info("run=%s lost an append race to a rival daemon", run_id)
+            return
+        self.crash.reach("after_append")
+        for event in batch:
             report.events.append((run_id, event))
             log.log(
                 logging.WARNING if isinstance(event, RunFailed) else logging.INFO,
@@ -344,8 +367,9 @@ class App:
                 event.TYPE,
                 _describe(event),
             )
-            await self._effect(event, match)  # step 3: effect
-            starting = False
+        if new.state in TERMINAL:
+            report.ended += 1
+        await self._effect(batch[-1], match)  # step 3: effect
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:
         """The facts of ``run`` at ``now``: BullMQ's view of its job first, then the data.

@@ -169,9 +169,9 @@ class Daemon:
     async def _tick(self, until_idle: bool) -> None:
         try:
             report = await self.run_once()
-            if report.events:
-                self.wake()  # progress frees slots and hands off: look again at once
-            elif until_idle and await self.app.idle():
+            if report.ended:
+                self.wake()  # a run ended and freed its slot: start the next one at once
+            elif not report.events and until_idle and await self.app.idle():
                 self.stop()
         except Exception as exc:
             dependency = unreachable(exc)
