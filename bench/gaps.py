@@ -61,10 +61,13 @@ HOST_TABLES = ("models", "matches", "match_analysis", "predictions")
 README_INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_matches_kickoff_time ON matches (kickoff_time)",
     "CREATE INDEX IF NOT EXISTS ix_match_analysis_match_id ON match_analysis (match_id)",
+    "CREATE INDEX IF NOT EXISTS ix_matches_unreadable_kickoff ON matches (id) "
+    "WHERE kickoff_time IS NULL OR kickoff_time NOT LIKE '____-__-__%'",
 )
 WATCHED_INDEXES = (
     "ix_matches_kickoff_time",
     "ix_match_analysis_match_id",
+    "ix_matches_unreadable_kickoff",
     "uq_predictions_match_model",
     "ix_backfill_runs_match_id",
     "uq_backfill_runs_live_match",
@@ -202,7 +205,11 @@ async def build(engine: AsyncEngine, say: Any) -> None:
         constraints = [tuple(r) for r in rows]
         for table, name, _, _ in constraints:  # foreign keys first
             await conn.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
-        for name in ("ix_matches_kickoff_time", "ix_match_analysis_match_id"):
+        for name in (
+            "ix_matches_kickoff_time",
+            "ix_match_analysis_match_id",
+            "ix_matches_unreadable_kickoff",
+        ):
             await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
         params = {"now": NOW, "start": NOW - timedelta(days=SPAN_DAYS - 30)}
         await conn.execute(text(GEN), params)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Exists, ScalarSelect, Select
 
@@ -236,15 +236,21 @@ UNREADABLE_REPORT_LIMIT = 100
 """Most unreadable-kickoff rows one scan reports."""
 
 
+UNREADABLE_KICKOFF_SQL = "(kickoff_time IS NULL OR kickoff_time NOT LIKE '____-__-__%')"
+"""Rows the window's text range cannot see. A literal, so that the optional partial
+index ``ix_matches_unreadable_kickoff`` (README, "Indexes"; same predicate) serves it."""
+
+
 async def _unreadable_kickoffs(conn: AsyncConnection) -> list[SkippedRow]:
     """Playable matches whose ``kickoff_time`` is NULL or does not start with an
-    ISO date: the window's text range cannot see them, so report them here."""
+    ISO date: the window's text range cannot see them, so report them here.
+
+    Without the optional partial index this reads all of ``matches`` (about 6 ms
+    per 100,000 rows on PostgreSQL, bench/gaps.py); with it, only those rows.
+    """
     query = (
         select(matches.c.id, matches.c.kickoff_time)
-        .where(
-            matches.c.status.in_(sorted(PLAYABLE_STATUSES)),
-            or_(matches.c.kickoff_time.is_(None), ~matches.c.kickoff_time.like("____-__-__%")),
-        )
+        .where(matches.c.status.in_(sorted(PLAYABLE_STATUSES)), text(UNREADABLE_KICKOFF_SQL))
         .order_by(matches.c.id)
         .limit(UNREADABLE_REPORT_LIMIT)
     )
