@@ -11,7 +11,9 @@ a fresh PostgreSQL database + a private redis-server), from scratch:
 
 1. seed the demo season with a 40-day outage (223 gap matches, so p99 rests on ~200
    hand-offs);
-2. start the reference workers (``retro workers``, a subprocess, no artificial delay);
+2. start the workers in a subprocess: ``--workers instant`` (default;
+   bench/instant_workers.py, one SQL statement a job) or ``--workers reference``
+   (``retro workers``, the real stage work);
 3. baseline: heal the first ``--baseline-matches`` gap matches with
    ``bench/baseline_seed.py``'s loop (delay 1000 ms, poll every 2 s);
 4. retro: seed runs for the remaining gaps (``App.start``) and run the daemon in
@@ -56,13 +58,13 @@ class Result:
     baseline_matches: int
 
 
-async def measure(name: str, *, baseline_matches: int, postgres_url: str) -> Result:
+async def measure(name: str, *, baseline_matches: int, postgres_url: str, kind: str) -> Result:
     """Both sides on one fresh backend."""
     with harness.backend(name, postgres_url) as be:
         ids = await harness.seed(be, outage_days=OUTAGE_DAYS, competitions=None)
         async with harness.app(be, max_in_flight=1) as app:
             assert app.queues is not None
-            with harness.workers(be, app.redis_url):
+            with harness.workers(be, app.redis_url, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 sample = ids[:baseline_matches]
                 print(f"[{name}] baseline on {len(sample)} gap matches ...", flush=True)
@@ -81,7 +83,12 @@ async def measure(name: str, *, baseline_matches: int, postgres_url: str) -> Res
 
 async def run(args: argparse.Namespace) -> list[Result]:
     return [
-        await measure(name, baseline_matches=args.baseline_matches, postgres_url=args.postgres_url)
+        await measure(
+            name,
+            baseline_matches=args.baseline_matches,
+            postgres_url=args.postgres_url,
+            kind=args.workers,
+        )
         for name in args.backends
     ]
 
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-matches", type=int, default=8, help="gap matches the baseline heals (8)"
     )
+    parser.add_argument("--workers", choices=harness.WORKERS, default="instant")
     parser.add_argument(
         "--postgres-url",
         default=harness.POSTGRES_URL,

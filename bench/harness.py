@@ -7,9 +7,9 @@ A *backend* is where one measurement runs, from scratch:
 * ``postgres``: a fresh PostgreSQL database (``bench.chaos.fresh_database``, dropped
   afterwards) and a private ``redis-server`` (``bench.chaos.private_redis``).
 
-The workers are the reference workers (``retro workers``: real stage work, the same
-as the chaos harness uses) in a subprocess, as a host's Node workers would be.
-They are "instant" in the sense of the issue: no artificial processing time.
+The workers run in a subprocess, as a host's Node workers would: the instant workers
+(bench/instant_workers.py: one SQL statement a job, the issue's "instant workers") or
+the reference workers (``retro workers``: the real stage work, as the chaos harness uses).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bullmq import Job
+from sqlalchemy import event
 
 from bench.chaos import DEFAULT_POSTGRES, DEMO_NOW, private_redis
 from bench.chaos import fresh_database as pg_database
@@ -107,20 +108,68 @@ async def seed(be: Backend, *, outage_days: int, competitions: Sequence[str] | N
     return [g.match_id for g in scan.gaps]
 
 
+@dataclass
+class SqlCount:
+    """SQL statements and commits one engine sent while :func:`counting` was open."""
+
+    statements: int = 0
+    commits: int = 0
+
+
 @contextlib.contextmanager
-def workers(be: Backend, redis_url: str, *, concurrency: int = 1) -> Iterator[None]:
-    """The reference workers (``retro workers``) in a subprocess on ``redis_url``."""
+def counting(engine: Any) -> Iterator[SqlCount]:
+    """Count what ``engine`` (an ``AsyncEngine``) sends: a figure that, unlike a
+    timing, does not depend on how busy the machine is."""
+    count = SqlCount()
+
+    def statement(*_: Any) -> None:
+        count.statements += 1
+
+    def commit(*_: Any) -> None:
+        count.commits += 1
+
+    sync = engine.sync_engine
+    event.listen(sync, "before_cursor_execute", statement)
+    event.listen(sync, "commit", commit)
+    try:
+        yield count
+    finally:
+        event.remove(sync, "before_cursor_execute", statement)
+        event.remove(sync, "commit", commit)
+
+
+WORKERS = ("instant", "reference")
+"""``instant``: bench/instant_workers.py (one SQL statement a job, no computation);
+``reference``: ``retro workers`` (the real stage work, 7 to 27 ms a job)."""
+
+
+@contextlib.contextmanager
+def workers(
+    be: Backend, redis_url: str, *, concurrency: int = 1, kind: str = "reference"
+) -> Iterator[None]:
+    """Stage workers in a subprocess on ``redis_url``: ``kind`` is one of :data:`WORKERS`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRO_")}
     env.update(
         RETRO_DATABASE_URL=be.database_url, RETRO_REDIS_URL=redis_url, RETRO_QUEUE_PREFIX=PREFIX
     )
+    if kind == "instant":
+        command = [
+            sys.executable,
+            str(ROOT / "bench" / "instant_workers.py"),
+            be.database_url,
+            redis_url,
+            "--prefix",
+            PREFIX,
+            "--concurrency",
+            str(concurrency),
+        ]
+    elif kind == "reference":
+        command = [sys.executable, "-m", "retro", "workers", "--concurrency", str(concurrency)]
+    else:
+        raise ValueError(f"unknown workers {kind!r}; expected one of {WORKERS}")
     with open(be.folder / "workers.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "retro", "workers", "--concurrency", str(concurrency)],
-            cwd=be.folder,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
+            command, cwd=be.folder, env=env, stdout=subprocess.DEVNULL, stderr=log
         )
     try:
         yield

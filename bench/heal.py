@@ -7,8 +7,10 @@ fresh PostgreSQL database + a private redis-server), for each side from scratch:
 
 * seed the demo season with a 200-day outage: 1,000 gap matches with all five
   leagues (``--outage-days``);
-* start the reference workers (``retro workers --concurrency C``, a subprocess doing
-  the real stage work, no artificial delay; C = max_in_flight);
+* start the workers in a subprocess, C jobs at once (C = max_in_flight):
+  ``--workers instant`` (default; bench/instant_workers.py: one SQL statement a job,
+  no computation, the issue's "instant workers") or ``--workers reference``
+  (``retro workers``: the real stage work, 7 to 27 ms a job);
 * retro: ``App.start`` seeds one run per gap match, then
   ``Daemon(app).run(until_idle=True, scan=False)`` heals them all; rate =
   matches / wall time of the daemon run;
@@ -58,6 +60,8 @@ class Heal:
     events: int
     parts: dict[str, list[float]]
     profile: Breakdown
+    statements: int
+    commits: int
 
     @property
     def rate(self) -> float:
@@ -71,6 +75,7 @@ async def heal(
     max_in_flight: int,
     outage_days: int,
     postgres_url: str,
+    kind: str,
     profile: Path | None = None,
 ) -> Heal:
     """Retro heals every gap match of a fresh backend (profiled into ``profile``)."""
@@ -79,13 +84,13 @@ async def heal(
         async with harness.app(be, max_in_flight=max_in_flight) as app:
             assert app.queues is not None
             seeded = await app.start(days=outage_days, now=datetime.now(UTC), until=DEMO_NOW)
-            with harness.workers(be, app.redis_url, concurrency=max_in_flight):
+            with harness.workers(be, app.redis_url, concurrency=max_in_flight, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 print(
                     f"[{name}] retro, max_in_flight {max_in_flight}: {len(seeded.seeded)} runs ...",
                     flush=True,
                 )
-                with profiled(profile) as breakdown:
+                with profiled(profile) as breakdown, harness.counting(app.engine) as sql:
                     started = time.perf_counter()
                     await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
                     seconds = time.perf_counter() - started
@@ -102,16 +107,20 @@ async def heal(
         n_events,
         parts,
         breakdown,
+        sql.statements,
+        sql.commits,
     )
 
 
-async def base(name: str, *, matches: int, outage_days: int, postgres_url: str) -> BaselineReport:
+async def base(
+    name: str, *, matches: int, outage_days: int, postgres_url: str, kind: str
+) -> BaselineReport:
     """The baseline heals the first ``matches`` gap matches of a fresh backend."""
     with harness.backend(name, postgres_url) as be:
         ids = await harness.seed(be, outage_days=outage_days, competitions=None)
         async with harness.app(be) as app:
             assert app.queues is not None
-            with harness.workers(be, app.redis_url):
+            with harness.workers(be, app.redis_url, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 print(f"[{name}] baseline on {matches} of {len(ids)} gap matches ...", flush=True)
                 return await baseline(be.database_url, app.queues, ids[:matches])
@@ -124,6 +133,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:
             max_in_flight=m,
             outage_days=args.outage_days,
             postgres_url=args.postgres_url,
+            kind=args.workers,
             profile=args.profile / f"heal-{args.backend}-{m}.txt" if args.profile else None,
         )
         for m in args.max_in_flight
@@ -133,6 +143,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:
         matches=args.baseline_matches,
         outage_days=args.outage_days,
         postgres_url=args.postgres_url,
+        kind=args.workers,
     )
     return heals, report
 
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage-days", type=int, default=200, help="200 days: 1,000 gaps")
     parser.add_argument("--max-in-flight", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--baseline-matches", type=int, default=5)
+    parser.add_argument("--workers", choices=harness.WORKERS, default="instant")
     parser.add_argument(
         "--postgres-url",
         default=harness.POSTGRES_URL,
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     heals, report = asyncio.run(run(args))
     base_rate = report.matches / report.seconds
     print()
+    print(f"{args.backend}: {args.workers} workers")
     print(
         f"{args.backend}: baseline healed {report.matches} matches ({report.jobs} jobs, "
         f"{report.outcomes}, {report.jobs / max(report.matches, 1):.2f} per match) in "
@@ -168,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.backend}: retro max_in_flight {h.max_in_flight}: {h.matches} runs "
             f"{h.states}, {h.events} events, in {h.seconds:.1f} s = {h.rate:.1f} matches/s "
-            f"({1000 * h.seconds / max(h.matches, 1):.1f} ms per match)"
+            f"({1000 * h.seconds / max(h.matches, 1):.1f} ms per match); "
+            f"{h.statements / max(h.matches, 1):.1f} SQL statements and "
+            f"{h.commits / max(h.matches, 1):.1f} commits per match"
         )
     for h in heals:
         jobs = len(h.parts["work"])
