@@ -227,7 +227,13 @@ class Queues:
     async def clear_stale(self, phase: Phase, job_id: str) -> JobView:
         """Step 1 of entering a phase: remove a finished (completed/failed) job with
         ``job_id``, which is stale since the new intent comes after it; leave any
-        other state to be adopted. Returns the view after the cleanup."""
+        other state to be adopted. Returns the view after the cleanup.
+
+        A fresh job id (the usual case) costs one round trip: no job data, no job.
+        Otherwise the state is read before the data, as in :meth:`job_view`.
+        """
+        if await Job.fromId(self.queue(phase), job_id) is None:
+            return JobView(state="unknown")
         view = await self.job_view(phase, job_id)
         if view.state in FINISHED_STATES:
             await self.queue(phase).remove(job_id)
