@@ -7,11 +7,13 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import event, func, select
 
 from retro.app import App
 from retro.config import Settings
 from retro.pipeline.workers import run_workers
 from retro.scheduler import Daemon
+from retro.store.schema import backfill_events
 from tests.conftest import Backend
 from tests.healing import DEMO_NOW, assert_healed, seed_outage
 
@@ -42,6 +44,14 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
         assert second.seeded == []
         assert second.scan.blocked == gaps  # each has a live run
 
+        appends = 0
+
+        def count_appends(_c: object, _k: object, statement: str, *_: object) -> None:
+            nonlocal appends
+            appends += statement.lstrip().upper().startswith("INSERT INTO BACKFILL_EVENTS")
+
+        sync_engine = app.engine.sync_engine
+        event.listen(sync_engine, "before_cursor_execute", count_appends)
         stop = asyncio.Event()
         workers = asyncio.create_task(
             run_workers(backend.database_url, app.redis_url, prefix=backend.prefix, stop=stop)
@@ -53,6 +63,16 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
         finally:
             stop.set()
             await workers
+            event.remove(sync_engine, "before_cursor_execute", count_appends)
+        async with app.engine.connect() as conn:
+            healing_events = await conn.scalar(
+                select(func.count())
+                .select_from(backfill_events)
+                .where(backfill_events.c.type != "RunSeeded")
+            )
+        # A phase's completion and the next request (or a start and its first
+        # request) go in one append: well over one event per INSERT on average.
+        assert healing_events >= 2 * appends, (healing_events, appends)
         after = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
         assert after.seeded == [], "a healed match inside the cooldown was seeded again"
     counts = await assert_healed(backend.database_url)
