@@ -13,6 +13,7 @@ value is never taken as proof of anything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ REDIS_TIMEOUT = 5.0
 """Seconds a non-blocking Redis command may take before it counts as an outage."""
 _SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro"})
 """CLIENT LIST ``cmd`` values of a connection whose last command ran a Lua script."""
+
+
+def _worker_name_of(name: str, bases: set[str]) -> bool:
+    """True when the client ``name`` is a BullMQ Worker's on a queue named by ``bases``."""
+    return any(name == base or name.startswith(f"{base}:w:") for base in bases)
 
 
 class RedisUnreachable(RuntimeError):
@@ -142,6 +148,7 @@ class Queues:
         self.options = options
         self._queues: dict[Phase, Queue] = {}
         self._events: list[QueueEvents] = []
+        self._admin: Redis | None = None
 
     async def __aenter__(self) -> Queues:
         return self
@@ -178,6 +185,9 @@ class Queues:
             await events.close()
         for queue in self._queues.values():
             await queue.close()
+        if self._admin is not None:
+            await self._admin.aclose()
+            self._admin = None
         self._events.clear()
         self._queues.clear()
 
@@ -260,17 +270,30 @@ class Queues:
         """Workers consuming ``phase``'s queue (by BullMQ's client names), or ``None``
         when Redis will not tell (``CLIENT LIST`` missing or denied by an ACL).
 
+        BullMQ names a Worker's connection ``{prefix}:{queue}`` (python-bullmq) or
+        ``{prefix}:{base64(queue)}`` (Node bullmq 5), either followed by
+        ``:w:{worker name}``; both are counted, so the host's Node workers are seen.
         A Node Worker names only its blocking connection; python-bullmq names both
         of a Worker's connections. The extra one is told apart by its last command,
         a Lua script (a blocking connection never runs one), so each Worker counts once.
         """
+        if self._admin is None:
+            self._admin = self._client()
         try:
-            clients = await self.queue(phase).get_workers()
+            clients = await self._admin.client_list()
         except ResponseError:
             return None
-        if any(client.get("name") == "CLIENT LIST not supported" for client in clients):
-            return None
-        return sum(1 for client in clients if client.get("cmd") not in _SCRIPT_COMMANDS)
+        queue = self.names[phase]
+        bases = {
+            f"{self.prefix}:{queue}",
+            f"{self.prefix}:{base64.b64encode(queue.encode()).decode()}",
+        }
+        return sum(
+            1
+            for client in clients
+            if _worker_name_of(str(client.get("name", "")), bases)
+            and client.get("cmd") not in _SCRIPT_COMMANDS
+        )
 
     def watch(self, on_finished: Callable[[str], None]) -> None:
         """Call ``on_finished(job_id)`` whenever a job completes or fails on any of
