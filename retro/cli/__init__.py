@@ -10,7 +10,6 @@ on stderr; ``--verbose`` adds the traceback. Every option also reads a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import traceback
@@ -20,23 +19,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport
-from retro.cli.render import (
-    err,
-    out,
-    plural,
-    render_config,
-    render_demo,
-    render_start,
-    render_status,
-)
-from retro.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    mask,
-    public_values,
-    setting_sources,
-)
+from retro.cli.render import err, out, plural, render_demo, render_start, render_status
+from retro.config import ConfigError, Settings, load_settings, mask
 from retro.crashpoints import CrashPoints
 from retro.machine import Run
 from retro.queue import RedisUnreachable
@@ -396,6 +380,11 @@ CONFIG_SCHEMA = "retro.config/1"
 @redis_option
 def config_command(as_json: bool, database_url: str | None, redis_url: str | None) -> None:
     """Show the effective configuration: every setting, its value and where it came from."""
+    import json
+
+    from retro.cli.render import render_config
+    from retro.config import public_values, setting_sources
+
     context = click.get_current_context()
     given = {  # an option's value read from RETRO_* by Click is the env's, not the option's
         name: value
