@@ -25,7 +25,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +92,10 @@ async def baseline(
     delay_ms: int = DELAY_MS,
     poll: float = POLL_SECONDS,
     say: Callable[[str], None] = lambda _: None,
+    job_ids: Mapping[Phase, str] = JOB_ID_FORMATS,
 ) -> BaselineReport:
-    """Heal ``match_ids`` the way the original script did (see the module docstring)."""
+    """Heal ``match_ids`` the way the original script did (see the module docstring);
+    ``job_ids`` are the job-id templates (the original's by default)."""
     engine = create_engine(database_url)
     report = BaselineReport()
     started = time.perf_counter()
@@ -105,7 +107,7 @@ async def baseline(
                 continue
             for phase in stages(facts):
                 queue = queues.queue(phase)
-                job_id = JOB_ID_FORMATS[phase].format(matchId=match_id)
+                job_id = job_ids[phase].format(matchId=match_id)
                 # 1. stale cleanup of the deterministic id
                 if await queue.getJobState(job_id) in FINISHED_STATES:
                     await queue.remove(job_id)
@@ -142,7 +144,13 @@ async def _main(args: argparse.Namespace) -> BaselineReport:
             assert app.queues is not None
             with harness.workers(be, app.redis_url):
                 await harness.wait_for_workers(app.queues)
-                return await baseline(be.database_url, app.queues, ids[: args.matches], say=print)
+                return await baseline(
+                    be.database_url,
+                    app.queues,
+                    ids[: args.matches],
+                    say=print,
+                    job_ids=app.policy.job_ids,
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

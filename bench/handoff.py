@@ -68,8 +68,8 @@ async def measure(name: str, *, baseline_matches: int, postgres_url: str, kind: 
                 await harness.wait_for_workers(app.queues)
                 sample = ids[:baseline_matches]
                 print(f"[{name}] baseline on {len(sample)} gap matches ...", flush=True)
-                await baseline(be.database_url, app.queues, sample)
-                base = await harness.handoffs(app.queues, sample)
+                await baseline(be.database_url, app.queues, sample, job_ids=app.policy.job_ids)
+                base = await harness.handoffs(app.queues, sample, app.policy.job_ids)
 
                 seeded = await app.start(days=OUTAGE_DAYS, now=datetime.now(UTC), until=DEMO_NOW)
                 healed = [g.match_id for g in seeded.scan.gaps]
@@ -77,7 +77,7 @@ async def measure(name: str, *, baseline_matches: int, postgres_url: str, kind: 
                 started = time.perf_counter()
                 await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
                 seconds = time.perf_counter() - started
-                ours = await harness.handoffs(app.queues, healed)
+                ours = await harness.handoffs(app.queues, healed, app.policy.job_ids)
     return Result(name, ours, len(healed), seconds, base, len(sample))
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ from retro.app import App
 from retro.config import EMBEDDED_REDIS, Settings
 from retro.demo.seed import seed_demo
 from retro.events import Phase
-from retro.queue import JOB_ID_FORMATS, Queues
+from retro.queue import Queues
 from retro.store import gaps, migrate
 from retro.store.db import create_engine
 
@@ -201,17 +201,18 @@ async def app(be: Backend, **overrides: Any) -> AsyncIterator[App]:
         yield entered
 
 
-async def handoffs(queues: Queues, match_ids: Sequence[str]) -> list[float]:
+async def handoffs(
+    queues: Queues, match_ids: Sequence[str], job_ids: Mapping[Phase, str]
+) -> list[float]:
     """Per-stage hand-off latencies, milliseconds: for each match, each pair of
-    consecutive stage jobs (deterministic ids), the next job's ``timestamp`` minus
-    the previous job's ``finishedOn``."""
+    consecutive stage jobs (deterministic ids from the ``job_ids`` templates, e.g.
+    ``app.policy.job_ids``), the next job's ``timestamp`` minus the previous job's
+    ``finishedOn``."""
     latencies: list[float] = []
     for match_id in match_ids:
         previous: Job | None = None
         for phase in PHASES:
-            job = await Job.fromId(
-                queues.queue(phase), JOB_ID_FORMATS[phase].format(matchId=match_id)
-            )
+            job = await Job.fromId(queues.queue(phase), job_ids[phase].format(matchId=match_id))
             if job is None:
                 continue
             if previous is not None and previous.finishedOn:
@@ -240,7 +241,9 @@ def summary(values: Sequence[float]) -> str:
     )
 
 
-async def breakdown(queues: Queues, match_ids: Sequence[str]) -> dict[str, list[float]]:
+async def breakdown(
+    queues: Queues, match_ids: Sequence[str], job_ids: Mapping[Phase, str]
+) -> dict[str, list[float]]:
     """Where a heal's wall time goes, per job (ms): ``pickup`` (added → a worker
     took it: ``processedOn - timestamp``), ``work`` (``finishedOn - processedOn``)
     and ``handoff`` (as :func:`handoffs`)."""
@@ -248,7 +251,7 @@ async def breakdown(queues: Queues, match_ids: Sequence[str]) -> dict[str, list[
     for match_id in match_ids:
         previous: Job | None = None
         for phase in PHASES:
-            job_id = JOB_ID_FORMATS[phase].format(matchId=match_id)
+            job_id = job_ids[phase].format(matchId=match_id)
             job = await Job.fromId(queues.queue(phase), job_id)
             if job is None:
                 continue

@@ -94,7 +94,9 @@ async def heal(
                     started = time.perf_counter()
                     await Daemon(app).run(until_idle=True, scan=False, handle_signals=False)
                     seconds = time.perf_counter() - started
-            parts = await harness.breakdown(app.queues, [g.match_id for g in seeded.scan.gaps])
+            parts = await harness.breakdown(
+                app.queues, [g.match_id for g in seeded.scan.gaps], app.policy.job_ids
+            )
             async with app.engine.connect() as conn:
                 counts = await runs.counts_by_state(conn)
                 events = await conn.exec_driver_sql("SELECT count(*) FROM backfill_events")
@@ -123,7 +125,9 @@ async def base(
             with harness.workers(be, app.redis_url, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 print(f"[{name}] baseline on {matches} of {len(ids)} gap matches ...", flush=True)
-                return await baseline(be.database_url, app.queues, ids[:matches])
+                return await baseline(
+                    be.database_url, app.queues, ids[:matches], job_ids=app.policy.job_ids
+                )
 
 
 async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:

@@ -30,11 +30,11 @@ from retro.machine import (
     is_stale,
 )
 from retro.queue import (
-    JOB_ID_FORMATS,
     JobOptions,
     Queues,
     RedisUnreachable,
     analysis_payload,
+    job_id_formats,
     predictions_payload,
     queue_names,
     settlement_payload,
@@ -67,7 +67,7 @@ def policy_from(settings: Settings) -> Policy:
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
         budgets={phase: settings.phase_timeout(phase) for phase in Phase},
-        job_ids=dict(JOB_ID_FORMATS),
+        job_ids=job_id_formats(settings),
     )
 
 

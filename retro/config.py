@@ -8,14 +8,20 @@ defaults. Defaults are the original script's (DESIGN §3, §6, §7).
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -67,6 +73,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(1, ge=1, le=10_000)
     cooldown: float = Field(86400.0, ge=0)
     expected_predictions: int | None = Field(None, ge=0)
+    analysis_job_id: str = "analyze-retro-{matchId}"
+    predictions_job_id: str = "predict-retro-{matchId}"
+    settlement_job_id: str = "settle-retro-{matchId}"
 
     @classmethod
     def settings_customise_sources(
@@ -114,6 +123,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"Redis database {database!r} in the URL is not a number")
         return value
 
+    @field_validator("analysis_job_id", "predictions_job_id", "settlement_job_id")
+    @classmethod
+    def _check_job_id(cls, value: str) -> str:
+        check_job_id_format(value)
+        return value
+
     @model_validator(mode="after")
     def _embedded_redis_needs_sqlite(self) -> Settings:
         if self.redis_url == EMBEDDED_REDIS and not self.database_url.startswith("sqlite"):
@@ -142,6 +157,44 @@ class Settings(BaseSettings):
             "predictions": self.predictions_timeout,
             "settlement": self.settlement_timeout,
         }[phase]
+
+
+def check_job_id_format(template: str) -> None:
+    """Check a job-id template such as ``analyze-retro-{matchId}``.
+
+    It must hold ``{matchId}`` exactly once, no other placeholder or brace, no
+    ``:`` (BullMQ's key separator) and some fixed text beside ``{matchId}``
+    (a bare match id may be a number, which BullMQ refuses as a custom job id,
+    or one of the host's own job ids).
+
+    Raises:
+        ValueError: the template breaks one of these rules; the message says which.
+    """
+    shown = repr(template)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"job id format {shown} is not a template: {exc}") from None
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parts if name is not None]
+    others = sorted({"{" + name + "}" for name, _, _ in fields if name != "matchId"})
+    if others:
+        placeholders = ", ".join(others)
+        raise ValueError(
+            f"job id format {shown} has placeholder {placeholders}; only {{matchId}} is allowed"
+        )
+    if len(fields) != 1:
+        raise ValueError(
+            f"job id format {shown} must contain {{matchId}} exactly once, not {len(fields)} times"
+        )
+    if fields[0][1] or fields[0][2]:
+        raise ValueError(f"job id format {shown}: {{matchId}} takes no conversion or format spec")
+    text = "".join(literal for literal, *_ in parts)
+    if ":" in text:
+        raise ValueError(f"job id format {shown} contains ':', BullMQ's key separator")
+    if "{" in text or "}" in text:
+        raise ValueError(f"job id format {shown} has a brace outside {{matchId}}")
+    if not text.strip():
+        raise ValueError(f"job id format {shown} needs fixed text beside {{matchId}}")
 
 
 def _check_port(url: str) -> None:
@@ -199,3 +252,51 @@ def mask_url(url: str) -> str:
 def mask(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
     return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+SOURCES = ("option", "env", ".env", "retro.toml", "default")
+"""Where a setting's value can come from, highest priority first."""
+
+_SOURCE_NAMES: dict[type[PydanticBaseSettingsSource], str] = {
+    InitSettingsSource: "option",
+    EnvSettingsSource: "env",
+    DotEnvSettingsSource: ".env",
+    TomlConfigSettingsSource: "retro.toml",
+}
+
+
+def setting_sources(**overrides: object) -> dict[str, str]:
+    """Where each setting's effective value comes from, one of :data:`SOURCES`.
+
+    ``overrides`` are the command-line options as given to :func:`load_settings`
+    (``None``: not given). Call it after :func:`load_settings` succeeded; the
+    sources are read again, in the precedence of :class:`Settings`.
+
+    Returns:
+        ``{setting name: source}`` for every setting, in declaration order.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    chain = Settings.settings_customise_sources(
+        Settings,
+        init_settings=InitSettingsSource(Settings, given),
+        env_settings=EnvSettingsSource(Settings),
+        dotenv_settings=DotEnvSettingsSource(Settings),
+        file_secret_settings=SecretsSettingsSource(Settings),
+    )
+    found: dict[str, str] = {}
+    for source in chain:
+        for name in source():
+            if name in Settings.model_fields:
+                found.setdefault(name, _SOURCE_NAMES[type(source)])
+    return {name: found.get(name, "default") for name in Settings.model_fields}
+
+
+def public_values(settings: Settings) -> dict[str, Any]:
+    """Every setting as a JSON-ready value (durations in seconds, paths as text,
+    unset as ``None``), with the passwords in ``database_url`` and ``redis_url``
+    (and in any other URL) replaced by ``***``."""
+    values: dict[str, Any] = settings.model_dump(mode="json")
+    for name, value in values.items():
+        if isinstance(value, str):
+            values[name] = mask_url(value) if name.endswith("_url") else mask(value)
+    return values

@@ -40,10 +40,10 @@ JOB_NAMES: Mapping[Phase, str] = {
     Phase.SETTLEMENT: "settle-match",
 }
 JOB_ID_FORMATS: Mapping[Phase, str] = {
-    Phase.ANALYSIS: "analyze-retro-{matchId}",
-    Phase.PREDICTIONS: "predict-retro-{matchId}",
-    Phase.SETTLEMENT: "settle-retro-{matchId}",
+    phase: Settings.model_fields[f"{phase}_job_id"].default for phase in Phase
 }
+"""The default job-id templates (``analyze-retro-{matchId}``…); the effective
+ones come from :func:`job_id_formats`."""
 FINISHED_STATES = frozenset({"completed", "failed"})
 REDIS_RETRIES = 2
 REDIS_TIMEOUT = 5.0
@@ -74,6 +74,16 @@ def queue_names(settings: Settings) -> dict[Phase, str]:
         Phase.ANALYSIS: settings.analysis_queue,
         Phase.PREDICTIONS: settings.predictions_queue,
         Phase.SETTLEMENT: settings.settlement_queue,
+    }
+
+
+def job_id_formats(settings: Settings) -> dict[Phase, str]:
+    """The job-id template of each phase, from ``settings`` (e.g. ``analyze-retro-{matchId}``;
+    validated there: ``{matchId}`` exactly once, no ``:``)."""
+    return {
+        Phase.ANALYSIS: settings.analysis_job_id,
+        Phase.PREDICTIONS: settings.predictions_job_id,
+        Phase.SETTLEMENT: settings.settlement_job_id,
     }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from sqlalchemy.engine import make_url
 
 from retro.app import App, TickReport, unreachable
 from retro.config import mask
-from retro.queue import JOB_ID_FORMATS
 
 log = logging.getLogger("retro.daemon")
 
@@ -138,7 +138,12 @@ class Daemon:
         self._tick_lock = asyncio.Lock()
         self._scan_due = False
         self._outage = Outage(ceiling=self.settings.tick_interval)
-        self._prefixes = tuple(f.split("{", 1)[0] for f in JOB_ID_FORMATS.values())
+        self._job_ids = re.compile(  # retro's own job ids, from the configured templates
+            "|".join(
+                re.escape(template).replace(re.escape("{matchId}"), ".+")
+                for template in app.policy.job_ids.values()
+            )
+        )
 
     async def run_once(self) -> TickReport:
         """Exactly one tick, at the clock's ``now``."""
@@ -163,7 +168,7 @@ class Daemon:
         self._wake.set()
 
     def _on_job_finished(self, job_id: str) -> None:
-        if job_id.startswith(self._prefixes):
+        if self._job_ids.fullmatch(job_id):
             self.wake()
 
     async def _tick(self, until_idle: bool) -> None:

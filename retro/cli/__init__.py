@@ -363,6 +363,43 @@ def workers(
     )
 
 
+CONFIG_SCHEMA = "retro.config/1"
+"""``schema`` of ``retro config --json`` (docs/config.md); a change of shape bumps it."""
+
+
+@cli.command("config")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="RETRO_CONFIG_JSON",
+    show_envvar=True,
+    help=f"Print one JSON object ({CONFIG_SCHEMA}, see docs/config.md) instead of a table.",
+)
+@database_option
+@redis_option
+def config_command(as_json: bool, database_url: str | None, redis_url: str | None) -> None:
+    """Show the effective configuration: every setting, its value and where it came from."""
+    import json
+
+    from retro.cli.render import render_config
+    from retro.config import public_values, setting_sources
+
+    context = click.get_current_context()
+    given = {  # an option's value read from RETRO_* by Click is the env's, not the option's
+        name: value
+        for name, value in (("database_url", database_url), ("redis_url", redis_url))
+        if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    settings = settings_from(**{"database_url": None, "redis_url": None, **given})
+    values, sources = public_values(settings), setting_sources(**given)
+    if as_json:
+        document = {"schema": CONFIG_SCHEMA, "settings": values, "sources": sources}
+        click.echo(json.dumps(document, indent=2))
+    else:
+        render_config(values, sources)
+
+
 @cli.command()
 @click.option(
     "--workdir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -185,3 +186,15 @@ def render_demo(report: DemoReport) -> None:
     for rank, row in enumerate(report.leaderboard[:10], 1):
         board.add_row(str(rank), row.display_name, str(row.scored), str(row.points), str(row.exact))
     out.print(board)
+
+
+def render_config(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """One row per setting: name, value (passwords already masked), source, env variable."""
+    table = Table(title="Effective configuration", title_justify="left")
+    for column in ("setting", "value", "source", "environment variable"):
+        table.add_column(column, overflow="fold")
+    for name, value in values.items():
+        shown = "(not set)" if value is None else str(value)
+        table.add_row(name, shown, sources[name], f"RETRO_{name.upper()}")
+    out.print(table, markup=False)
+    out.print("Sources, highest priority first: option, env, .env, retro.toml, default.")
