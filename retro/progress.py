@@ -119,6 +119,15 @@ def describe_eta(progress: Progress) -> str:
     )
 
 
+def short_eta(progress: Progress) -> str:
+    """``ETA ~3 min``, ``ETA unknown`` or ``nothing left`` (for the watch view's bar)."""
+    if progress.eta == 0.0:
+        return "nothing left"
+    if progress.eta is None:
+        return "ETA unknown"
+    return f"ETA ~{_duration(progress.eta)}"
+
+
 def _duration(seconds: float) -> str:
     """``42 s``, ``3 min``, ``2 h 05 min``."""
     if seconds < 90:

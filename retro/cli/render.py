@@ -15,7 +15,7 @@ from retro.app import SeedReport, StatusReport
 from retro.config import mask
 from retro.demo.scenario import DemoReport
 from retro.ops import CancelReport, History
-from retro.progress import describe_eta
+from retro.progress import describe_eta, short_eta
 
 PIPED_WIDTH = 160
 """Table width when output is not a terminal (logs, cron mail): ids stay whole."""
@@ -115,9 +115,9 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
         p = report.progress
         parts.append(
             Text(
-                f"Progress: {p.done}/{p.total} runs done ({p.percent_done:.0f}%; done out of "
-                f"every stored run: failed and cancelled runs count as not done); "
-                f"{p.failed} failed, {p.cancelled} cancelled, {p.live} live"
+                f"Progress: {p.done}/{p.total} runs done ({p.percent_done:.0f}%); {p.failed} "
+                f"failed, {p.cancelled} cancelled, {p.live} live (percent done = done runs "
+                "out of every stored run; failed and cancelled count as not done)"
             )
         )
         parts.append(Text(describe_eta(p)))
@@ -207,9 +207,7 @@ class WatchView:
             return
         if report.progress is not None:
             p = report.progress
-            self.bar.update(
-                self._task, total=max(p.total, 1), completed=p.done, eta=describe_eta(p)
-            )
+            self.bar.update(self._task, total=max(p.total, 1), completed=p.done, eta=short_eta(p))
         self._body = status_parts(report, now=now)
 
     def __rich__(self) -> RenderableType:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
@@ -380,13 +380,9 @@ async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
             backfill_events.c.at >= since, backfill_events.c.type.in_(HANDOFF_TYPES)
         )
     )
-    oldest = await conn.scalar(
+    oldest = await conn.scalar(  # min() keeps the column's type: aware UTC
         select(func.min(backfill_events.c.at)).where(backfill_events.c.at >= since)
     )
-    if oldest is not None and oldest.tzinfo is None:  # func.min bypasses UTCDateTime
-        oldest = oldest.replace(tzinfo=UTC)
-    elif isinstance(oldest, str):
-        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
     return Handoffs(count=int(count or 0), oldest_event_at=oldest)
 
 
