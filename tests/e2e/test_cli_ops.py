@@ -33,7 +33,7 @@ from retro.store.runs import HANDOFF_TYPES
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, clean_env, invoke_retro, one_error_line
 from tests.e2e.hostdata import seed_host, upgrade_retro
-from tests.healing import seed_runs
+from tests.healing import DEMO_NOW, seed_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +167,7 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
     assert f"Progress: 0/{total} runs done (0%" in text, text
     assert f"ETA unknown: no hand-off in the last 10 min ({3 * total} hand-offs left)" in text
 
-    asyncio.run(partial_heal(backend, done_at_least=4))
+    asyncio.run(partial_heal(backend, done_at_least=2))
     counts, left, handoffs = asyncio.run(facts(backend))
     waiting = asyncio.run(waiting_jobs(backend))
     assert waiting, "a job must be waiting in BullMQ for the cancel below"
@@ -329,6 +329,35 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
         as_json(ok(invoke_retro("verify", "--json", cwd=tmp_path, env=env)), "retro.verify/1")["ok"]
         is True
     )
+
+    # a match with two runs: history by match id lists both, newest first
+    again = asyncio.run(reseed(backend))
+    match_of = asyncio.run(matches_of(backend))
+    match_id = match_of[victim]
+    (newer,) = [r for r in again if match_of[r] == match_id]
+    both = as_json(
+        ok(invoke_retro("history", match_id, "--json", cwd=tmp_path, env=env)), "retro.history/1"
+    )
+    assert both["resolved_as"] == "match"
+    assert [r["run_id"] for r in both["runs"]] == [newer, victim]
+    assert [e["type"] for e in both["runs"][0]["events"]] == ["RunSeeded"]
+    assert both["runs"][1]["events"][-1]["type"] == "RunCancelled"
+    text = ok(invoke_retro("history", match_id, cwd=tmp_path, env=env)).stdout
+    assert f"Match {match_id}: 2 runs, newest first" in text, text
+    assert text.index(f"Run {newer} ") < text.index(f"Run {victim} "), text
+
+
+async def matches_of(backend: Backend) -> dict[str, str]:
+    """Run id -> match id, for every run."""
+    async with App(settings_for(backend), redis=False) as app, app.engine.connect() as conn:
+        return {r.id: r.match_id for r in await runs.list_runs(conn, limit=10_000)}
+
+
+async def reseed(backend: Backend) -> list[str]:
+    """``start --reprocess all`` over the demo's outage window: a new run per gap match."""
+    async with App(settings_for(backend), redis=False) as app:
+        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW, reprocess="all")
+        return report.seeded
 
 
 async def tick_twice(backend: Backend) -> None:
