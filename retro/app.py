@@ -29,6 +29,7 @@ from retro.machine import (
     evolve,
     is_stale,
 )
+from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import (
     JobOptions,
     Queues,
@@ -111,6 +112,8 @@ class StatusReport:
     workers: dict[str, int | None]
     """Workers per queue; ``None`` where Redis will not list its clients."""
     redis_error: str | None = None
+    progress: Progress | None = None
+    """Percent done and ETA; only when ``status`` was given ``now``."""
 
 
 class App:
@@ -466,10 +469,17 @@ class App:
         async with self.engine.connect() as conn:
             return await runs.idle(conn)
 
-    async def status(self) -> StatusReport:
-        """Where every run stands, and which queues have workers."""
+    async def status(
+        self, *, now: datetime | None = None, window: float = DEFAULT_WINDOW
+    ) -> StatusReport:
+        """Where every run stands, and which queues have workers. With ``now`` (aware
+        UTC) also the progress: percent done and an ETA from the hand-off rate of the
+        last ``window`` seconds (:mod:`retro.progress`)."""
         async with self.engine.connect() as conn:
             counts = await runs.counts_by_state(conn)
+            progress = None
+            if now is not None:
+                progress = await measure(conn, counts=counts, now=now, window=window)
             live = await runs.list_runs(
                 conn, states=[State.ANALYZING, State.PREDICTING, State.SETTLING]
             )
@@ -501,6 +511,7 @@ class App:
             failed=failed,
             workers=workers,
             redis_error=self.redis_error,
+            progress=progress,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -14,15 +14,26 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport
-from retro.cli.render import err, out, plural, render_demo, render_start, render_status
+from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport, unreachable
+from retro.cli.render import (
+    WatchView,
+    err,
+    out,
+    plural,
+    render_demo,
+    render_start,
+    render_status,
+)
 from retro.config import ConfigError, Settings, load_settings, mask
 from retro.crashpoints import CrashPoints
 from retro.machine import Run
+from retro.ops import Refused
+from retro.progress import DEFAULT_WINDOW
 from retro.queue import RedisUnreachable
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError, require_sqlite_file
@@ -72,7 +83,7 @@ def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
     """Run ``coro``; map known errors to one line and an exit code."""
     try:
         return asyncio.run(coro)
-    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked, RetryRefused) as exc:
+    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked, RetryRefused, Refused) as exc:
         if verbose:
             traceback.print_exc()
         fail(str(exc), EXIT_USAGE)
@@ -114,6 +125,23 @@ def connection_options(func: F) -> F:
     return database_option(redis_option(verbose_option(func)))
 
 
+json_option: Callable[[F], F] = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="RETRO_JSON",
+    show_envvar=True,
+    help="Print one JSON document on stdout instead of tables (shape: docs/json.md).",
+)
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """``document`` on stdout alone: plain JSON text, no Rich markup or wrapping."""
+    from retro.report import dumps
+
+    click.echo(dumps(document))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="retro")
 def cli() -> None:
@@ -145,11 +173,13 @@ def cli() -> None:
     help="missing: gaps without a recent run; failed: also gaps whose last run failed "
     "within the cooldown; all: ignore the cooldown.",
 )
+@json_option
 @connection_options
 def start(
     days: int,
     dry_run: bool,
     reprocess: str,
+    as_json: bool,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
@@ -162,7 +192,13 @@ def start(
         async with App(settings, redis=False) as retro:
             return await retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess)
 
-    render_start(execute(go(), verbose))
+    report = execute(go(), verbose)
+    if as_json:
+        from retro.report import start_json
+
+        print_json(start_json(report))
+    else:
+        render_start(report)
 
 
 @cli.command()
@@ -200,8 +236,9 @@ def retry(
 
 
 @cli.command()
+@json_option
 @connection_options
-def verify(database_url: str | None, redis_url: str | None, verbose: bool) -> None:
+def verify(as_json: bool, database_url: str | None, redis_url: str | None, verbose: bool) -> None:
     """Rebuild every run from its events; exit 1 if a stored projection drifted."""
     setup_logging(verbose)
     settings = settings_from(database_url, redis_url)
@@ -211,6 +248,11 @@ def verify(database_url: str | None, redis_url: str | None, verbose: bool) -> No
             return await retro.verify()
 
     audit = execute(go(), verbose)
+    if as_json:
+        from retro.report import verify_json
+
+        print_json(verify_json(audit))
+        raise SystemExit(EXIT_FAILURE if audit.drifted else EXIT_OK)
     if audit.drifted:
         err.print(
             f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
@@ -225,20 +267,122 @@ def verify(database_url: str | None, redis_url: str | None, verbose: bool) -> No
 
 
 @cli.command()
+@json_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    envvar="RETRO_WATCH",
+    show_envvar=True,
+    help="Live view with a progress bar, refreshed every --interval until Ctrl-C (exit 0).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    envvar="RETRO_WATCH_INTERVAL",
+    show_envvar=True,
+    help="Seconds between refreshes of --watch (default 2).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1_000_000),
+    envvar="RETRO_WATCH_COUNT",
+    show_envvar=True,
+    help="Stop --watch after this many refreshes (default: until Ctrl-C).",
+)
+@click.option(
+    "--eta-window",
+    type=click.FloatRange(60, 7 * 86400),
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    envvar="RETRO_ETA_WINDOW",
+    show_envvar=True,
+    help="Seconds of recent hand-offs the ETA's rate is measured over.",
+)
 @connection_options
-def status(database_url: str | None, redis_url: str | None, verbose: bool) -> None:
-    """Counts by state, in-flight runs, failed runs with reasons, workers per queue."""
+def status(
+    as_json: bool,
+    watch: bool,
+    interval: float | None,
+    count: int | None,
+    eta_window: float,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+) -> None:
+    """Counts by state, percent done and ETA, in-flight runs, failed runs with reasons,
+    workers per queue, reachability. Exit 1 when Redis is unreachable.
+
+    Percent done is done runs out of every stored run. The ETA divides the hand-offs
+    still to come (a hand-off is a phase finished: 3 per run) by the rate of
+    hand-offs over the last --eta-window seconds.
+    """
+    if watch and as_json:
+        raise click.UsageError("--watch and --json do not go together")
+    if not watch and (interval is not None or count is not None):
+        raise click.UsageError("--interval and --count need --watch")
     setup_logging(verbose)
     settings = settings_from(database_url, redis_url)
+    if watch:
+        watch_status(settings, interval or 2.0, count, eta_window, verbose)
+        return
 
-    async def go() -> StatusReport:
+    async def go() -> tuple[StatusReport, datetime]:
         async with App(settings, redis_optional=True) as retro:
-            return await retro.status()
+            now = utcnow()
+            return await retro.status(now=now, window=eta_window), now
 
-    report = execute(go(), verbose)
-    render_status(report, now=utcnow())
+    report, now = execute(go(), verbose)
+    if as_json:
+        from retro.report import status_json
+
+        print_json(status_json(report, now=now))
+    else:
+        render_status(report, now=now)
     if report.redis_error:
         raise SystemExit(EXIT_FAILURE)  # the database answered; Redis did not
+
+
+def watch_status(
+    settings: Settings, interval: float, count: int | None, window: float, verbose: bool
+) -> None:
+    """``retro status --watch``: one App (database and Redis connections kept open)
+    refreshed every ``interval`` seconds in a Rich ``Live`` view, ``count`` times or
+    until Ctrl-C. A refresh that finds the database or Redis down says so and the
+    watch goes on. Exits 0 on Ctrl-C; after ``count`` refreshes, 1 if the last one
+    found Redis or the database unreachable, else 0."""
+    from rich.live import Live
+
+    view = WatchView(interval)
+
+    async def go() -> int:
+        async with App(settings, redis_optional=True) as retro:
+            logging.getLogger("retro").info("watching status every %g s; Ctrl-C stops", interval)
+            code = EXIT_OK
+            with Live(view, console=out, auto_refresh=False) as live:
+                while True:
+                    now = utcnow()
+                    try:
+                        report = await retro.status(now=now, window=window)
+                        view.update(report, now=now)
+                        code = EXIT_FAILURE if report.redis_error else EXIT_OK
+                    except Exception as exc:
+                        dependency = unreachable(exc)
+                        if dependency is None:
+                            raise
+                        view.update(None, now=now, error=f"{dependency} unreachable: {exc}")
+                        code = EXIT_FAILURE
+                    live.refresh()
+                    if count is not None and view.refreshes >= count:
+                        return code
+                    await asyncio.sleep(interval)
+
+    try:
+        code = execute(go(), verbose)
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C is how a watch ends
+            raise SystemExit(EXIT_OK) from None
+        raise
+    raise SystemExit(code)
 
 
 @cli.command()
@@ -446,6 +590,12 @@ def db_upgrade(database_url: str | None, verbose: bool) -> None:
 
     current, head = execute(go(), verbose)
     out.print(f"retro tables at revision {current} (head {head})")
+
+
+from retro.cli.operator import cancel, history  # noqa: E402  (they use the helpers above)
+
+cli.add_command(history)
+cli.add_command(cancel)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,11 +6,16 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from retro.app import SeedReport, StatusReport
+from retro.config import mask
 from retro.demo.scenario import DemoReport
+from retro.ops import CancelReport, History
+from retro.progress import describe_eta, short_eta
 
 PIPED_WIDTH = 160
 """Table width when output is not a terminal (logs, cron mail): ids stay whole."""
@@ -94,11 +99,28 @@ def render_start(report: SeedReport) -> None:
 
 
 def render_status(report: StatusReport, *, now: datetime) -> None:
-    """Counts by state, in-flight runs, failures, workers."""
+    """Counts by state, progress and ETA, in-flight runs, failures, workers, reachability."""
+    for part in status_parts(report, now=now):
+        out.print(part)
+
+
+def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]:
+    """The renderables of ``retro status``, top to bottom (also the watch view's body)."""
+    parts: list[RenderableType] = []
     counts = Table("state", "runs", title="Runs")
     for state in ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled"):
         counts.add_row(state, str(report.counts.get(state, 0)))
-    out.print(counts)
+    parts.append(counts)
+    if report.progress is not None:
+        p = report.progress
+        parts.append(
+            Text(
+                f"Progress: {p.done}/{p.total} runs done ({p.percent_done:.0f}%); {p.failed} "
+                f"failed, {p.cancelled} cancelled, {p.live} live (percent done = done runs "
+                "out of every stored run; failed and cancelled count as not done)"
+            )
+        )
+        parts.append(Text(describe_eta(p)))
     if report.in_flight:
         table = Table(
             "run",
@@ -127,30 +149,143 @@ def render_status(report: StatusReport, *, now: datetime) -> None:
                 job,
                 f"{(now - since).total_seconds():.0f} s",
             )
-        out.print(table)
+        parts.append(table)
     if report.failed:
-        table = Table("run", "match", "failed at", "reason", title="Failed")
+        table = Table("run", "match", "failed at", "reason", title="Failed (most recent first)")
         for run in report.failed:
             table.add_row(
                 run.id,
                 run.match_id,
                 _when(run.finished_at) if run.finished_at else "-",
-                run.last_error or "-",
+                Text(mask(run.last_error or "-")),
             )
-        out.print(table)
+        parts.append(table)
     if report.workers:
-        out.print(
-            "Workers: "
-            + ", ".join(f"{q} {'?' if n is None else n}" for q, n in report.workers.items())
+        parts.append(
+            Text(
+                "Workers: "
+                + ", ".join(f"{q} {'?' if n is None else n}" for q, n in report.workers.items())
+            )
         )
-    out.print("Database: reachable")
+    parts.append(Text("Database: reachable"))
     if report.redis_error:
-        out.print(
-            f"Redis: UNREACHABLE ({report.redis_error}); job states and workers unknown",
-            markup=False,
+        parts.append(
+            Text(f"Redis: UNREACHABLE ({report.redis_error}); job states and workers unknown")
         )
     else:
-        out.print("Redis: reachable")
+        parts.append(Text("Redis: reachable"))
+    return parts
+
+
+class WatchView:
+    """The ``retro status --watch`` screen: a header, a progress bar of runs done
+    out of all runs (Rich ``Progress``), then the status body. Feed it reports
+    with :meth:`update`; render it with Rich ``Live``."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.refreshes = 0
+        self.bar = Progress(
+            TextColumn("runs done"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[eta]}"),
+        )
+        self._task = self.bar.add_task("runs", total=None, eta="")
+        self._body: list[RenderableType] = []
+        self._at = ""
+
+    def update(
+        self, report: StatusReport | None, *, now: datetime, error: str | None = None
+    ) -> None:
+        """Show ``report`` (taken at ``now``), or ``error`` when the refresh failed."""
+        self.refreshes += 1
+        self._at = now.strftime("%H:%M:%S")
+        if report is None:
+            self._body = [Text(f"refresh failed: {mask(error or 'unknown error')}")]
+            return
+        if report.progress is not None:
+            p = report.progress
+            self.bar.update(self._task, total=max(p.total, 1), completed=p.done, eta=short_eta(p))
+        self._body = status_parts(report, now=now)
+
+    def __rich__(self) -> RenderableType:
+        header = Text(
+            f"retro status: refresh {self.refreshes} at {self._at} UTC, every "
+            f"{self.interval:g} s (Ctrl-C to stop)"
+        )
+        return Group(header, self.bar, *self._body)
+
+
+def _compact(data: dict[str, Any]) -> str:
+    """An event's data on one line: ``job_id=analyze-retro-m1 attempt=1`` (masked)."""
+    parts = []
+    for key, value in data.items():
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key}={text}")
+    return mask(" ".join(parts))
+
+
+def _secs(value: float) -> str:
+    return f"{value:.3f} s"
+
+
+def render_history(found: History) -> None:
+    """Each run's events: seq, time (UTC), time since the previous event, type, data."""
+    if found.resolved_as == "match":
+        out.print(Text(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"))
+    for item in found.runs:
+        run, events = item.run, item.events
+        total = (events[-1].at - events[0].at).total_seconds() if events else 0.0
+        table = Table(
+            "seq",
+            "time (UTC)",
+            "+since prev",
+            "event",
+            "data",
+            title=Text(
+                f"Run {run.id} (match {run.match_id}): {run.state}, "
+                f"{plural(len(events), 'event')} over {_secs(total)}"
+            ),
+        )
+        previous = None
+        for event in events:
+            table.add_row(
+                str(event.seq),
+                event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "-" if previous is None else "+" + _secs((event.at - previous.at).total_seconds()),
+                event.type,
+                Text(_compact(event.data)),
+            )
+            previous = event
+        out.print(table)
+        out.print(Text(f"Total: {_secs(total)} from first to last event."))
+
+
+def render_cancel(report: CancelReport) -> None:
+    """One line per run cancelled (and what became of its job), then a summary."""
+    for item in report.cancelled:
+        run = item.run
+        line = f"Cancelled run {run.id} (match {run.match_id}, was {run.state})"
+        if item.job_id is None:
+            line += ": no job"
+        elif item.job_removed:
+            line += f": {item.job_state} job {item.job_id} removed from its queue"
+        elif item.job_state == "active":
+            line += (
+                f": job {item.job_id} is active and was left running (a worker holds it); "
+                "its result will be ignored"
+            )
+        else:
+            line += f": job {item.job_id} is {item.job_state}, nothing to remove"
+        out.print(Text(line))
+    for run in report.ended_first:
+        out.print(Text(f"Run {run.id} (match {run.match_id}) ended {run.state} before the cancel"))
+    out.print(
+        f"Cancelled {plural(len(report.cancelled), 'run')}"
+        + (f"; {len(report.ended_first)} had already ended." if report.ended_first else ".")
+    )
 
 
 def render_demo(report: DemoReport) -> None:

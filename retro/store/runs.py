@@ -133,11 +133,16 @@ async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]
     return current
 
 
-async def get(conn: AsyncConnection, run_id: str, *, lock: bool = False) -> Run | None:
+async def get(
+    conn: AsyncConnection, run_id: str, *, lock: bool = False, wait: bool = False
+) -> Run | None:
     """The run ``run_id``, or ``None``. ``lock=True`` takes ``FOR UPDATE SKIP LOCKED``
-    (PostgreSQL): ``None`` also when a rival holds it."""
+    (PostgreSQL): ``None`` also when a rival holds it. ``wait=True`` takes a plain
+    ``FOR UPDATE`` instead: it waits for a rival's transaction to end."""
     query = select(backfill_runs).where(backfill_runs.c.id == run_id)
-    if lock:
+    if wait:
+        query = query.with_for_update()
+    elif lock:
         query = query.with_for_update(skip_locked=True)
     row = (await conn.execute(query)).mappings().first()
     return None if row is None else run_from_row(row)
@@ -307,3 +312,93 @@ async def audit(conn: AsyncConnection) -> Audit:
         if await get(conn, run_id) != project(events):
             drifted.append(run_id)
     return Audit(events=total, runs=len(ids), drifted=drifted)
+
+
+# --- read helpers for the operator commands (status, history, cancel) ---------------
+
+HANDOFF_TYPES: tuple[str, ...] = (
+    "AnalysisCompleted",
+    "AnalysisSkipped",
+    "PredictionsCompleted",
+    "SettlementCompleted",
+    "SettlementSkipped",
+)
+"""Events that end a phase: a hand-off to the next stage. Every run that ends
+``done`` has exactly three (one per phase)."""
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One stored event as written: ``seq`` (1-based), ``type``, ``data`` (the JSON
+    object stored, datetimes as ISO-8601 strings) and ``at`` (aware UTC)."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+
+async def event_rows(conn: AsyncConnection, run_id: str) -> list[EventRow]:
+    """Every stored event of ``run_id`` in seq order, as stored (no decoding into
+    :class:`Event`, so a history shows even events this version does not know)."""
+    rows = await conn.execute(
+        select(
+            backfill_events.c.seq,
+            backfill_events.c.type,
+            backfill_events.c.data,
+            backfill_events.c.at,
+        )
+        .where(backfill_events.c.run_id == run_id)
+        .order_by(backfill_events.c.seq)
+    )
+    return [EventRow(seq, type_, json.loads(data), at) for seq, type_, data, at in rows]
+
+
+async def runs_of_match(conn: AsyncConnection, match_id: str) -> list[Run]:
+    """Every run of ``match_id``, newest (by ``created_at``) first."""
+    rows = await conn.execute(
+        select(backfill_runs)
+        .where(backfill_runs.c.match_id == match_id)
+        .order_by(backfill_runs.c.created_at.desc(), backfill_runs.c.id)
+    )
+    return [run_from_row(r) for r in rows.mappings()]
+
+
+@dataclass(frozen=True)
+class Handoffs:
+    """Hand-off events (:data:`HANDOFF_TYPES`) at or after ``since``: how many, and
+    the instant of the oldest event of any type in that window (``None`` if none)."""
+
+    count: int
+    oldest_event_at: datetime | None
+
+
+async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
+    """Count hand-off events with ``at >= since`` (aware UTC)."""
+    count = await conn.scalar(
+        select(func.count()).where(
+            backfill_events.c.at >= since, backfill_events.c.type.in_(HANDOFF_TYPES)
+        )
+    )
+    oldest = await conn.scalar(  # min() keeps the column's type: aware UTC
+        select(func.min(backfill_events.c.at)).where(backfill_events.c.at >= since)
+    )
+    return Handoffs(count=int(count or 0), oldest_event_at=oldest)
+
+
+async def phases_left(conn: AsyncConnection) -> int:
+    """Hand-offs still to come for the live runs: 3 for a pending or analyzing run,
+    2 for a predicting one, 1 for a settling one (0 once its settlement finished)."""
+    rows = await conn.execute(
+        select(backfill_runs.c.state, backfill_runs.c.step, func.count())
+        .where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
+        .group_by(backfill_runs.c.state, backfill_runs.c.step)
+    )
+    left = {"pending": 3, "analyzing": 3, "predicting": 2, "settling": 1}
+    total = 0
+    for state, step, n in rows:
+        per_run = left.get(state, 0)
+        if state == "settling" and step == str(Step.FINISHED):
+            per_run = 0
+        total += per_run * int(n)
+    return total

@@ -172,6 +172,14 @@ CASES = [
         ("start", "--days", "3", "--reprocess", "sometimes"),
         ("--reprocess", "sometimes"),
     ),
+    Case("cancel-run-and-all", ("cancel", "RUN", "--all"), ("run ids", "--all")),
+    Case("cancel-nothing", ("cancel",), ("run ids", "--all")),
+    Case("history-unknown-id", ("history", "no-such-id"), ("no-such-id",)),
+    Case(
+        "status-watch-interval-zero",
+        ("status", "--watch", "--interval", "0"),
+        ("--interval", "0"),
+    ),
     Case("workers-fail-rate-above-one", ("workers", "--fail-rate", "1.5"), ("--fail-rate", "1.5")),
     Case("workers-concurrency-zero", ("workers", "--concurrency", "0"), ("--concurrency", "0")),
 ]

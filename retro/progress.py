@@ -1,0 +1,138 @@
+"""How far the backfill has come and when it should end: percent done and an ETA
+from the recent hand-off rate (``retro status``).
+
+A *hand-off* is an event that finishes a phase and passes the match on to the next
+stage (:data:`retro.store.runs.HANDOFF_TYPES`: ``AnalysisCompleted``/``Skipped``,
+``PredictionsCompleted``, ``SettlementCompleted``/``Skipped``). A run that ends
+``done`` has exactly three. The ETA is::
+
+    rate = hand-offs in the window / measured_over          (per minute)
+    ETA  = hand-offs left / rate
+
+where the window is the last ``window`` seconds (default 600), ``measured_over``
+is that window shortened to the age of the oldest event of any kind inside it
+(a daemon that started 2 minutes ago is measured over 2 minutes, not 10), but
+never below :data:`MIN_SPAN` seconds, and *hand-offs left* counts 3 for each
+pending or analyzing run, 2 for each predicting run and 1 for each settling run.
+Without a hand-off in the window the rate is unknown and so is the ETA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from retro.store import runs
+
+DEFAULT_WINDOW = 600.0
+"""Seconds of recent history the hand-off rate is measured over."""
+MIN_SPAN = 60.0
+"""Seconds: the shortest span a rate is measured over (one burst is not a rate)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the backfill stands and when it should end.
+
+    Attributes:
+        total: every run stored (any state).
+        done, failed, cancelled, live: runs in those states; ``live`` is pending,
+            analyzing, predicting and settling together.
+        percent_done: ``100 * done / total`` (0.0 without runs); failed and
+            cancelled runs count in ``total`` but not as done.
+        window: seconds of history asked for.
+        measured_over: seconds the rate was measured over (see the module doc).
+        handoffs: hand-off events inside the window.
+        handoffs_left: hand-offs the live runs still need.
+        rate: hand-offs per minute, ``None`` without a hand-off in the window.
+        eta: seconds until the live runs are done at ``rate``; ``0.0`` when nothing
+            is left, ``None`` when unknown (no recent rate).
+    """
+
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    live: int
+    percent_done: float
+    window: float
+    measured_over: float
+    handoffs: int
+    handoffs_left: int
+    rate: float | None
+    eta: float | None
+
+
+async def measure(
+    conn: AsyncConnection, *, counts: dict[str, int], now: datetime, window: float
+) -> Progress:
+    """The :class:`Progress` at ``now`` (aware UTC) from ``counts`` (runs by state)
+    and the events of the last ``window`` seconds."""
+    total = sum(counts.values())
+    done, failed, cancelled = (counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+    recent = await runs.handoffs_since(conn, now - timedelta(seconds=window))
+    left = await runs.phases_left(conn)
+    span = window
+    if recent.oldest_event_at is not None:
+        span = min(window, (now - recent.oldest_event_at).total_seconds())
+    span = max(span, min(MIN_SPAN, window))
+    rate = recent.count / span * 60 if recent.count else None
+    if left == 0:
+        eta: float | None = 0.0
+    elif rate:
+        eta = left / rate * 60
+    else:
+        eta = None
+    return Progress(
+        total=total,
+        done=done,
+        failed=failed,
+        cancelled=cancelled,
+        live=total - done - failed - cancelled,
+        percent_done=100.0 * done / total if total else 0.0,
+        window=window,
+        measured_over=span,
+        handoffs=recent.count,
+        handoffs_left=left,
+        rate=rate,
+        eta=eta,
+    )
+
+
+def describe_eta(progress: Progress) -> str:
+    """One line: ``ETA ~3 min at 12.0 hand-offs/min over the last 10 min (36 left)``,
+    ``ETA unknown: no hand-off in the last 10 min``, or ``nothing left to do``."""
+    if progress.eta == 0.0:
+        return "ETA: nothing left to do"
+    over = _duration(progress.measured_over)
+    if progress.eta is None or progress.rate is None:
+        return (
+            f"ETA unknown: no hand-off in the last {_duration(progress.window)} "
+            f"({progress.handoffs_left} hand-offs left)"
+        )
+    return (
+        f"ETA ~{_duration(progress.eta)} at {progress.rate:.1f} hand-offs/min over the last "
+        f"{over} ({progress.handoffs_left} hand-offs left; a hand-off is a phase finished, "
+        "3 per run)"
+    )
+
+
+def short_eta(progress: Progress) -> str:
+    """``ETA ~3 min``, ``ETA unknown`` or ``nothing left`` (for the watch view's bar)."""
+    if progress.eta == 0.0:
+        return "nothing left"
+    if progress.eta is None:
+        return "ETA unknown"
+    return f"ETA ~{_duration(progress.eta)}"
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min``, ``2 h 05 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

@@ -1,0 +1,223 @@
+"""The ``--json`` shapes of the read commands (documented in docs/json.md).
+
+Every document is a JSON object whose ``schema`` key names its shape and version
+(``retro.status/1``); a new version is made only for an incompatible change, and
+new keys may appear within a version. Instants are ISO-8601 UTC strings ending in
+``Z``; durations are seconds as floats; absent values are ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from retro.app import SeedReport, StatusReport
+from retro.config import mask
+from retro.machine import State
+from retro.ops import CancelReport, History
+from retro.progress import Progress
+from retro.store.runs import Audit, EventRow
+
+STATES = tuple(str(s) for s in State)
+"""Every run state, in the order of a run's life."""
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """``document`` as indented JSON text (keys in the order built, UTF-8 kept)."""
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def iso(instant: datetime | None) -> str | None:
+    """``2025-05-26T12:00:00.123456Z`` (UTC), or ``None``."""
+    if instant is None:
+        return None
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def seconds(start: datetime | None, end: datetime | None) -> float | None:
+    """``end - start`` in seconds, or ``None`` when either is missing."""
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 6)
+
+
+def masked(value: Any) -> Any:
+    """``value`` with passwords in URLs masked, inside strings, lists and dicts."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    return value
+
+
+def progress_json(progress: Progress) -> dict[str, Any]:
+    """The ``progress`` object of ``retro.status/1``."""
+    return {
+        "total_runs": progress.total,
+        "done": progress.done,
+        "failed": progress.failed,
+        "cancelled": progress.cancelled,
+        "live": progress.live,
+        "percent_done": round(progress.percent_done, 2),
+        "window_seconds": progress.window,
+        "measured_over_seconds": round(progress.measured_over, 3),
+        "handoffs_in_window": progress.handoffs,
+        "handoffs_per_minute": None if progress.rate is None else round(progress.rate, 4),
+        "handoffs_left": progress.handoffs_left,
+        "eta_seconds": None if progress.eta is None else round(progress.eta, 3),
+    }
+
+
+def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
+    """``retro status --json`` (``retro.status/1``)."""
+    in_flight = []
+    for item in report.in_flight:
+        run = item.run
+        since = run.requested_at or run.updated_at
+        in_flight.append(
+            {
+                "run_id": run.id,
+                "match_id": run.match_id,
+                "home_team": item.home_team,
+                "away_team": item.away_team,
+                "state": str(run.state),
+                "phase": None if run.phase is None else str(run.phase),
+                "attempt": run.attempt,
+                "job_id": run.job_id,
+                "job_state": item.job_state,
+                "waiting_for_worker": item.waiting_for_worker,
+                "since": iso(since),
+                "elapsed_seconds": seconds(since, now),
+            }
+        )
+    failed = [
+        {
+            "run_id": run.id,
+            "match_id": run.match_id,
+            "attempt": run.attempt,
+            "failed_at": iso(run.finished_at),
+            "reason": masked(run.last_error),
+        }
+        for run in report.failed
+    ]
+    return {
+        "schema": "retro.status/1",
+        "generated_at": iso(now),
+        "counts": {state: report.counts.get(state, 0) for state in STATES},
+        "progress": None if report.progress is None else progress_json(report.progress),
+        "in_flight": in_flight,
+        "failed": failed,
+        "workers": dict(report.workers),
+        "database": {"reachable": True},
+        "redis": {
+            "reachable": report.redis_error is None,
+            "error": masked(report.redis_error),
+        },
+    }
+
+
+def event_json(event: EventRow, previous: EventRow | None) -> dict[str, Any]:
+    """One event of a ``retro.history/1`` timeline."""
+    return {
+        "seq": event.seq,
+        "at": iso(event.at),
+        "type": event.type,
+        "data": masked(event.data),
+        "since_previous_seconds": seconds(previous.at, event.at) if previous else None,
+    }
+
+
+def history_json(found: History) -> dict[str, Any]:
+    """``retro history --json`` (``retro.history/1``)."""
+    out = []
+    for item in found.runs:
+        run, events = item.run, item.events
+        out.append(
+            {
+                "run_id": run.id,
+                "match_id": run.match_id,
+                "state": str(run.state),
+                "gaps": list(run.gaps),
+                "attempt": run.attempt,
+                "created_at": iso(run.created_at),
+                "finished_at": iso(run.finished_at),
+                "last_error": masked(run.last_error),
+                "total_seconds": seconds(events[0].at, events[-1].at) if events else None,
+                "events": [
+                    event_json(e, events[i - 1] if i else None) for i, e in enumerate(events)
+                ],
+            }
+        )
+    return {
+        "schema": "retro.history/1",
+        "query": found.query,
+        "resolved_as": found.resolved_as,
+        "runs": out,
+    }
+
+
+def verify_json(audit: Audit) -> dict[str, Any]:
+    """``retro verify --json`` (``retro.verify/1``)."""
+    return {
+        "schema": "retro.verify/1",
+        "ok": not audit.drifted,
+        "runs": audit.runs,
+        "events": audit.events,
+        "drifted": list(audit.drifted),
+    }
+
+
+def start_json(report: SeedReport) -> dict[str, Any]:
+    """``retro start --json`` (``retro.start/1``), dry run or not."""
+    scan = report.scan
+    return {
+        "schema": "retro.start/1",
+        "dry_run": report.dry_run,
+        "window": {"since": iso(scan.since), "until": iso(scan.until)},
+        "expected_per_match": scan.expected,
+        "gaps": [
+            {
+                "match_id": gap.match_id,
+                "home_team": gap.home_team,
+                "away_team": gap.away_team,
+                "kickoff": iso(gap.kickoff),
+                "status": gap.status,
+                "kinds": [str(k) for k in gap.kinds],
+                "found": gap.found,
+                "expected": gap.expected,
+            }
+            for gap in scan.gaps
+        ],
+        "by_kind": {str(kind): n for kind, n in scan.by_kind().items()},
+        "complete": scan.complete,
+        "blocked": scan.blocked,
+        "skipped": [{"match_id": r.match_id, "reason": masked(r.reason)} for r in scan.skipped],
+        "would_seed": len(scan.gaps) if report.dry_run else None,
+        "seeded": list(report.seeded),
+    }
+
+
+def cancel_json(report: CancelReport) -> dict[str, Any]:
+    """``retro cancel --json`` (``retro.cancel/1``)."""
+    return {
+        "schema": "retro.cancel/1",
+        "cancelled": [
+            {
+                "run_id": c.run.id,
+                "match_id": c.run.match_id,
+                "was_state": str(c.run.state),
+                "phase": None if c.phase is None else str(c.phase),
+                "job_id": c.job_id,
+                "job_state": c.job_state,
+                "job_removed": c.job_removed,
+            }
+            for c in report.cancelled
+        ],
+        "ended_first": [
+            {"run_id": r.id, "match_id": r.match_id, "state": str(r.state)}
+            for r in report.ended_first
+        ],
+    }
