@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.harness import handoffs
 from retro.config import Settings
 from retro.pipeline.workers import run_workers
-from retro.queue import JobOptions, Queues, queue_names
+from retro.queue import JOB_ID_FORMATS, JobOptions, Queues, queue_names
 from tests.e2e.clirunner import one_error_line, run_retro
 from tests.e2e.hostdata import files
 from tests.e2e.test_daemon import make_host_db
@@ -163,7 +163,7 @@ async def test_metrics_health_and_json_logs_over_a_heal(
         async with Queues(
             private_redis.url, prefix="bull", names=queue_names(Settings()), options=JobOptions()
         ) as queues:
-            pairs = await handoffs(queues, await _match_ids(url))
+            pairs = await handoffs(queues, await _match_ids(url), JOB_ID_FORMATS)
         observed = sum(
             value(after, "retro_handoff_latency_seconds_count", stage=stage)
             for stage in ("predictions", "settlement")
@@ -256,7 +256,11 @@ async def test_console_log_lines_carry_key_value_fields(tmp_path: Path) -> None:
     words = line.split(" INFO retro ", 1)[1].split()
     fields = dict(word.split("=", 1) for word in words if "=" in word)
     assert fields["run"] and fields["match"], line
-    assert fields["event"] in ("AnalysisRequested", "PredictionsRequested"), line
+    assert fields["event"] in (
+        "AnalysisRequested",
+        "PredictionsRequested",
+        "SettlementRequested",
+    ), line
     assert fields["job"] == fields["job_id"], line
     assert fields["match"] in fields["job"], line
     assert not any(s.startswith("{") for s in stderr.splitlines()), "console, not json"
