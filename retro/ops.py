@@ -12,6 +12,7 @@ from datetime import datetime
 
 from retro.app import App
 from retro.events import Phase, RunCancelled
+from retro.logs import run_fields
 from retro.machine import TERMINAL, Run, State
 from retro.store import runs
 from retro.store.runs import EventRow
@@ -178,7 +179,7 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
                     state, removed = await _remove_job(app, run.phase, run.job_id)
                 await runs.append(conn, run, [RunCancelled(at=now, reason=reason)])
         except runs.ConcurrencyError:
-            log.info("run=%s moved while being cancelled; deciding again", run_id)
+            log.info("run moved while being cancelled; deciding again", extra=run_fields(run_id))
             continue
         if run.job_id is not None and run.phase is not None:
             # A daemon that read the run before the cancel may have (re-)enqueued the
@@ -187,13 +188,11 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
             state = state if removed else again
             removed = removed or removed_again
         log.info(
-            "run=%s match=%s event=RunCancelled reason=%s job=%s job_state=%s removed=%s",
-            run.id,
-            run.match_id,
+            "RunCancelled reason=%s job_state=%s job_removed=%s",
             reason,
-            run.job_id,
             state,
             removed,
+            extra=run_fields(run.id, run.match_id, run.job_id, "RunCancelled"),
         )
         return Cancelled(run, run.phase, run.job_id, state, removed)
     raise RuntimeError(f"run {run_id} kept moving; cancel it again")

@@ -286,7 +286,8 @@ class Queues:
         ``:w:{worker name}``; both are counted, so the host's Node workers are seen.
         A Node Worker names only its blocking connection; python-bullmq names both
         of a Worker's connections. The extra one is told apart by its last command,
-        a Lua script (a blocking connection never runs one), so each Worker counts once.
+        a Lua script (a blocking connection never runs one), so each Worker counts once;
+        a queue with only script connections has at least one Worker.
         """
         if self._admin is None:
             self._admin = self._client()
@@ -299,12 +300,11 @@ class Queues:
             f"{self.prefix}:{queue}",
             f"{self.prefix}:{base64.b64encode(queue.encode()).decode()}",
         }
-        return sum(
-            1
-            for client in clients
-            if _worker_name_of(str(client.get("name", "")), bases)
-            and client.get("cmd") not in _SCRIPT_COMMANDS
-        )
+        named = [c for c in clients if _worker_name_of(str(c.get("name", "")), bases)]
+        blocking = sum(1 for c in named if c.get("cmd") not in _SCRIPT_COMMANDS)
+        # An idle python-bullmq Worker drops its blocking connection between polls
+        # for a while: its script connection alone still proves a consumer.
+        return max(blocking, 1 if named else 0)
 
     def watch(
         self,

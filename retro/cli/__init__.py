@@ -596,7 +596,8 @@ def db() -> None:
 def db_upgrade(database_url: str | None, verbose: bool, log_format: str) -> None:
     """Create or migrate retro's own tables (never the host's)."""
     setup_logging(verbose, log_format)
-    settings = settings_from(database_url, None)
+    # Redis is never opened here, so a PostgreSQL URL needs no RETRO_REDIS_URL.
+    settings = settings_from(database_url, "redis://db-upgrade-opens-no-redis.invalid")
     from retro.store import db as store_db
     from retro.store import migrate
 
