@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("embedded", "postgres"), default="embedded")
     parser.add_argument("--outage-days", type=int, default=200, help="200 days: 1,000 gaps")
     parser.add_argument("--max-in-flight", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--baseline-matches", type=int, default=5)
+    parser.add_argument("--baseline-matches", type=int, default=12)
     parser.add_argument("--workers", choices=harness.WORKERS, default="instant")
     parser.add_argument(
         "--postgres-url",

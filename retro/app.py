@@ -34,6 +34,7 @@ from retro.machine import (
 from retro.metrics import Metrics
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import (
+    FINISHED_STATES,
     JobOptions,
     Queues,
     RedisUnreachable,
@@ -357,7 +358,7 @@ class App:
                     event = decide(current, facts, now=now, policy=self.policy)
                     if event is None:
                         break
-                    event = await self._prepare(current, event)  # step 1
+                    event = await self._prepare(current, event, facts.job)  # step 1
                     batch.append(event)
                     following = evolve(current, event)
                     if following.job_id != current.job_id:
@@ -421,14 +422,16 @@ class App:
         self.metrics.job_seen(run, job)
         return _facts(match, job, workers), match
 
-    async def _prepare(self, run: Run, event: Event) -> Event:
+    async def _prepare(self, run: Run, event: Event, job: JobView | None) -> Event:
         """Step 1, before the event is appended (DESIGN §4).
 
         Entering a phase: remove a stale finished job with the deterministic id, or
         adopt a queued/running one (recorded on the event). Leaving a job behind
         (phase done, skipped, failed, cancelled): remove it if it has not started,
         so a crash cannot leave it queued; safe to repeat, as none of these
-        decisions depends on the job still existing.
+        decisions depends on the job still existing. ``job`` is BullMQ's view of
+        ``run``'s job read in this step (``None`` if not read): a job seen
+        completed or failed has started, so there is nothing to remove.
         """
         assert self.queues is not None
         if isinstance(event, Requested):
@@ -436,7 +439,8 @@ class App:
             if view.state != "unknown":
                 return replace(event, adopted_created_at=view.created_at)
         elif run.job_id and run.phase and evolve(run, event).job_id != run.job_id:
-            await self.queues.remove_unstarted(run.phase, run.job_id)
+            if job is None or job.state not in FINISHED_STATES:
+                await self.queues.remove_unstarted(run.phase, run.job_id)
         return event
 
     def _warn_if_unconsumed(self, run: Run, job: JobView | None, workers: int | None) -> None:
