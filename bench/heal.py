@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness, profiling
-from bench.baseline_seed import BaselineReport, baseline
+from bench.baseline_seed import POLL_SECONDS, BaselineReport, baseline
 from bench.chaos import DEMO_NOW
 from bench.profiling import Breakdown, profiled
 from retro.machine import State
@@ -116,8 +116,9 @@ async def heal(
 
 async def base(
     name: str, *, matches: int, outage_days: int, postgres_url: str, kind: str
-) -> BaselineReport:
-    """The baseline heals the first ``matches`` gap matches of a fresh backend."""
+) -> tuple[BaselineReport, dict[str, list[float]]]:
+    """The baseline heals the first ``matches`` gap matches of a fresh backend; also
+    returns its per-job breakdown (``harness.breakdown``)."""
     with harness.backend(name, postgres_url) as be:
         ids = await harness.seed(be, outage_days=outage_days, competitions=None)
         async with harness.app(be) as app:
@@ -125,12 +126,16 @@ async def base(
             with harness.workers(be, app.redis_url, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 print(f"[{name}] baseline on {matches} of {len(ids)} gap matches ...", flush=True)
-                return await baseline(
+                report = await baseline(
                     be.database_url, app.queues, ids[:matches], job_ids=app.policy.job_ids
                 )
+                parts = await harness.breakdown(app.queues, ids[:matches], app.policy.job_ids)
+                return report, parts
 
 
-async def run(args: argparse.Namespace) -> tuple[list[Heal], BaselineReport]:
+async def run(
+    args: argparse.Namespace,
+) -> tuple[list[Heal], tuple[BaselineReport, dict[str, list[float]]]]:
     heals = [
         await heal(
             args.backend,
@@ -171,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         help="profile retro's heals with pyinstrument; reports go to DIR",
     )
     args = parser.parse_args(argv)
-    heals, report = asyncio.run(run(args))
+    heals, (report, base_parts) = asyncio.run(run(args))
     base_rate = report.matches / report.seconds
+    # The original's floor: each stage noticed at its first 2 s poll (the job, delayed
+    # 1 s, picked up and finished within the next second).
+    floor_per_match = POLL_SECONDS * report.jobs / max(report.matches, 1)
+    floor_rate = 1 / floor_per_match
     print()
     print(f"{args.backend}: {args.workers} workers")
     print(
@@ -180,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.outcomes}, {report.jobs / max(report.matches, 1):.2f} per match) in "
         f"{report.seconds:.1f} s = {report.per_match:.2f} s per match, "
         f"{base_rate:.3f} matches/s -- a sample, EXTRAPOLATED per match to the full set"
+    )
+    pickup = base_parts["pickup"]
+    finished = [a + b for a, b in zip(pickup, base_parts["work"], strict=True)]  # ms after add
+    slow = sum(1 for v in finished if v > 1000 * POLL_SECONDS)
+    print(
+        f"{args.backend}: baseline per job: pickup (added -> taken, its 1000 ms delay included) "
+        f"{sum(pickup) / max(len(pickup), 1):.0f} ms mean, max {max(pickup, default=0):.0f}; "
+        f"{slow} of {len(pickup)} jobs finished after the first poll; the original's floor "
+        f"(every stage seen at its first poll) is {floor_per_match:.2f} s per match = "
+        f"{floor_rate:.3f} matches/s"
     )
     for h in heals:
         print(
@@ -211,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.backend}: retro/baseline at max_in_flight {h.max_in_flight}: {ratio:.0f}x"
             + (verdict if h.max_in_flight == 1 else "")
+            + f"; against the original's floor: {h.rate / floor_rate:.0f}x"
         )
     return 0
 

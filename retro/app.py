@@ -93,6 +93,8 @@ class TickReport:
     events: list[tuple[str, Event]] = field(default_factory=list)
     ended: int = 0
     """Runs that reached a terminal state (each frees a ``max_in_flight`` slot)."""
+    again: bool = False
+    """A run stopped short of an event it may take at once (a retry without backoff)."""
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,9 @@ class App:
         completes, the next phase is requested in the same transaction. The chain
         stops at a ``…Requested`` event (its job must be enqueued after the commit,
         and its outcome is news for a later tick), at a terminal state, or when
-        :func:`decide` waits.
+        :func:`decide` waits. It stops *before* a retry of the job it judged: that
+        request's step 1 removes the finished job, which must come after the
+        judgement is committed (DESIGN §4, intent before effect).
         """
         try:
             async with self.engine.begin() as conn:
@@ -357,6 +361,11 @@ class App:
                 for _ in range(MAX_STEPS_PER_RUN):
                     event = decide(current, facts, now=now, policy=self.policy)
                     if event is None:
+                        break
+                    if batch and isinstance(event, Requested) and event.job_id == run.job_id:
+                        # A retry of the job this batch judged: its step 1 removes that
+                        # job, so the judgement (JobFailed, …) must be committed first.
+                        report.again = True
                         break
                     event = await self._prepare(current, event, facts.job)  # step 1
                     batch.append(event)

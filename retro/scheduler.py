@@ -174,8 +174,8 @@ class Daemon:
     async def _tick(self, until_idle: bool) -> None:
         try:
             report = await self.run_once()
-            if report.ended:
-                self.wake()  # a run ended and freed its slot: start the next one at once
+            if report.ended or report.again:
+                self.wake()  # a slot was freed, or a run can go on at once: look again
             elif not report.events and until_idle and await self.app.idle():
                 self.stop()
         except Exception as exc:

@@ -193,6 +193,12 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
     rate = p["handoffs_in_window"] / p["measured_over_seconds"] * 60
     assert p["handoffs_per_minute"] == pytest.approx(rate, rel=1e-3)
     assert p["eta_seconds"] == pytest.approx(left / rate * 60, rel=1e-3)
+    # --eta-window: the hand-offs just made lie inside any window of a minute or more
+    hour = as_json(
+        ok(invoke_retro("status", "--json", "--eta-window", "3600", cwd=tmp_path, env=env)),
+        "retro.status/1",
+    )["progress"]
+    assert hour["window_seconds"] == 3600.0 and hour["handoffs_in_window"] == len(handoffs)
     assert isinstance(doc["workers"], dict) and set(doc["workers"].values()) == {0}
     assert doc["database"] == {"reachable": True}
     assert doc["redis"] == {"reachable": True, "error": None}
@@ -311,10 +317,13 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
     # --all: every live run, text report
     live = [r for r, v in asyncio.run(snapshot(backend)).items() if v[0] not in TERMINAL]
     still_waiting = asyncio.run(waiting_jobs(backend))
-    every = ok(invoke_retro("cancel", "--all", cwd=tmp_path, env=env))
+    every = ok(
+        invoke_retro("cancel", "--all", "--reason", "maintenance window", cwd=tmp_path, env=env)
+    )
     assert f"Cancelled {len(live)} runs." in every.stdout, every
     for run_id in live:
         assert f"Cancelled run {run_id} (match " in every.stdout, every
+        assert asyncio.run(run_state(backend, run_id))[2] == "maintenance window"
     for run_id, phase, job_id in still_waiting:
         line = next(li for li in every.stdout.splitlines() if run_id in li)
         assert f"job {job_id} removed from its queue" in line, line

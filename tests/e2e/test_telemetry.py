@@ -301,3 +301,35 @@ def test_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
     line = one_error_line(result, "metrics", f"127.0.0.1:{port}")
     assert "in use" in line.lower(), line
     assert not any(name.endswith(".lock") for name in files(tmp_path)), "nothing written"
+
+
+def test_metrics_host_is_where_the_server_binds(tmp_path: Path) -> None:
+    """``--metrics-host`` names the interface; one that does not resolve is one line, exit 2."""
+    url = make_host_db(tmp_path / "host.db")
+    result = run_retro(
+        "run",
+        "--until-idle",
+        "--metrics-port",
+        "9",
+        "--metrics-host",
+        "no-such-host.invalid",
+        cwd=tmp_path,
+        env={"RETRO_DATABASE_URL": url},
+    )
+    one_error_line(result, "metrics", "no-such-host.invalid")
+    assert not any(name.endswith(".lock") for name in files(tmp_path)), "nothing written"
+    with socket.socket() as probe:  # a free port on this machine's loopback address
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = run_retro(
+        "run",
+        "--until-idle",
+        "--metrics-host",
+        "localhost",
+        "--metrics-port",
+        str(port),
+        cwd=tmp_path,
+        env={"RETRO_DATABASE_URL": url},
+    )
+    assert served.code == 0, served
+    assert f"localhost:{port}" in served.stderr, served.stderr

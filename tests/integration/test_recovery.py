@@ -37,6 +37,7 @@ from retro.events import (
 )
 from retro.machine import JobView, Run
 from retro.pipeline.workers import run_workers
+from retro.queue import consume
 from retro.scheduler import Daemon
 from retro.store import host, migrate, runs
 from retro.store.db import create_engine
@@ -664,3 +665,70 @@ def _counting(
         return report
 
     return counted
+
+
+# --- a retry without backoff: the judgement is committed before the job is removed ----
+
+
+class _CrashBeforeAppend(BaseException):
+    """Stands in for a crash of the daemon at ``before_append``."""
+
+
+class _CrashPoints:
+    def reach(self, point: str) -> None:
+        if point == "before_append":
+            raise _CrashBeforeAppend(point)
+
+
+async def test_a_retry_without_backoff_keeps_the_failed_job_until_its_failure_is_committed(
+    backend: Backend,
+) -> None:
+    """With ``retry_backoff`` 0 the retry is due at once, but its step 1 removes the
+    failed job (same deterministic id): so JobFailed + RetryScheduled are appended
+    first, and the retry's request comes in a later transaction. A crash before that
+    first append leaves the failed job in BullMQ, so its failure is still seen."""
+    await make_host(backend, analysis=False)
+    settings = settings_for(backend, retry_backoff=0.0, max_attempts=3)
+    async with App(settings) as app:
+        run_id = await seed_one(app)
+        await app.tick(now=now())  # AnalysisRequested, attempt 1
+        run = await get_run(app, run_id)
+
+        async def fail(job: Any, token: str) -> None:
+            raise RuntimeError("analysis upstream down")
+
+        stop = asyncio.Event()
+        consumer = asyncio.create_task(
+            consume(
+                backend.redis_url,
+                prefix=backend.prefix,
+                handlers={"analysis-queue": fail},
+                concurrency=1,
+                stop=stop,
+                name="test-failing",
+            )
+        )
+        try:
+
+            async def failed() -> bool:
+                return (await job_view(app, run)).state == "failed"
+
+            await eventually(failed, timeout=20)
+        finally:
+            stop.set()
+            await asyncio.wait_for(consumer, 15)
+
+    async with App(settings, crash=_CrashPoints()) as crashing:  # type: ignore[arg-type]
+        with pytest.raises(_CrashBeforeAppend):
+            await crashing.tick(now=now())
+        assert (await job_view(crashing, run)).state == "failed", "judged job removed early"
+        assert (await types_of(crashing, run_id))[-1] == "AnalysisRequested"
+
+    async with App(settings) as app:
+        report = await app.tick(now=now())
+        assert [type(e).__name__ for _, e in report.events] == ["JobFailed", "RetryScheduled"]
+        assert report.again, "the retry is due at once: the daemon must look again"
+        failure = next(e for e in await events_of(app, run_id) if isinstance(e, JobFailed))
+        assert "analysis upstream down" in failure.reason
+        await app.tick(now=now())
+        assert attempts(await events_of(app, run_id)) == [1, 2]
