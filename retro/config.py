@@ -163,9 +163,9 @@ def check_job_id_format(template: str) -> None:
     """Check a job-id template such as ``analyze-retro-{matchId}``.
 
     It must hold ``{matchId}`` exactly once, no other placeholder or brace, no
-    ``:`` (BullMQ's key separator) and some fixed text beside ``{matchId}``
-    (a bare match id may be a number, which BullMQ refuses as a custom job id,
-    or one of the host's own job ids).
+    ``:`` (BullMQ's key separator) and a letter in the fixed text beside
+    ``{matchId}`` (a numeric id, such as a bare match id or ``1{matchId}``, is
+    refused by BullMQ as a custom job id, or is one of the host's own job ids).
 
     Raises:
         ValueError: the template breaks one of these rules; the message says which.
@@ -193,8 +193,11 @@ def check_job_id_format(template: str) -> None:
         raise ValueError(f"job id format {shown} contains ':', BullMQ's key separator")
     if "{" in text or "}" in text:
         raise ValueError(f"job id format {shown} has a brace outside {{matchId}}")
-    if not text.strip():
-        raise ValueError(f"job id format {shown} needs fixed text beside {{matchId}}")
+    if not any(c.isalpha() for c in text):
+        raise ValueError(
+            f"job id format {shown} needs a letter beside {{matchId}} "
+            "(a numeric id could be one of BullMQ's own)"
+        )
 
 
 def _check_port(url: str) -> None:
@@ -232,8 +235,11 @@ def load_settings(**overrides: object) -> Settings:
 
 
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+    # greedy up to the authority's last "@": a password may hold an unencoded "@"
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/?#]*)@"
 )
+_PASSWORD_IN_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|sslpassword)=)[^&#\s]*", re.I)
+"""``?password=…`` (redis-py and libpq read a password from the query string too)."""
 
 
 def mask_url(url: str) -> str:
@@ -246,12 +252,14 @@ def mask_url(url: str) -> str:
         return mask(url)
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+    return mask(urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}")))
 
 
 def mask(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` replaced by ``***``."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """``text`` with every URL password replaced by ``***``: in ``scheme://user:password@``
+    (up to the authority's last ``@``) and in a ``?password=`` query parameter."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['key']}***", text)
 
 
 SOURCES = ("option", "env", ".env", "retro.toml", "default")

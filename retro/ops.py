@@ -6,14 +6,17 @@ Both take an open :class:`~retro.app.App`; times come in as arguments (aware UTC
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from retro.app import App
+from retro.config import mask
 from retro.events import Phase, RunCancelled
 from retro.logs import run_fields
-from retro.machine import TERMINAL, Run, State
+from retro.machine import TERMINAL, Run, State, Step, clip
 from retro.store import runs
 from retro.store.runs import EventRow
 
@@ -128,6 +131,11 @@ async def cancel(
     running daemon re-reads the run and decides again. A run that ended on its own
     in the meantime is reported in ``ended_first``, not cancelled.
 
+    The reason is stored on one line, passwords masked, clipped to 500 characters.
+    A job requested moments before the cancel may not be in BullMQ yet (a daemon
+    enqueues after its commit): cancel watches for it for up to
+    :data:`LATE_ENQUEUE_SECONDS` and removes it when it arrives.
+
     An ``active`` job cannot be removed: it is left running. When it finishes, the
     daemon ignores it, as it never advances a terminal run; the finished job stays
     in BullMQ until a later run of the match removes it as stale.
@@ -139,6 +147,9 @@ async def cancel(
             cancelled; nothing is written.
     """
     assert app.queues is not None, "cancel needs Redis"
+    reason = clip(" ".join(mask(reason).split()))  # one line, no password, bounded
+    if not reason:
+        raise Refused("the cancel reason is empty")
     async with app.engine.connect() as conn:
         if every_live:
             targets = await runs.list_runs(conn, states=LIVE_STATES, limit=1_000_000)
@@ -185,6 +196,8 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
             # A daemon that read the run before the cancel may have (re-)enqueued the
             # job since; remove it once more now that the run is terminal.
             again, removed_again = await _remove_job(app, run.phase, run.job_id)
+            if not removed and again == "unknown" and _request_just_committed(run, now):
+                again, removed_again = await _remove_late_job(app, run.phase, run.job_id)
             state = state if removed else again
             removed = removed or removed_again
         log.info(
@@ -207,3 +220,32 @@ async def _remove_job(app: App, phase: Phase, job_id: str) -> tuple[str, bool]:
     if await app.queues.remove_unstarted(phase, job_id):
         return state, True
     return (await app.queues.job_view(phase, job_id)).state, False  # a worker took it
+
+
+LATE_ENQUEUE_SECONDS = 3.0
+"""How long cancel watches for the job of a request committed just before it."""
+RECENT_REQUEST_SECONDS = 60.0
+
+
+def _request_just_committed(run: Run, now: datetime) -> bool:
+    """The run's job was requested moments ago and BullMQ does not hold it yet: a
+    daemon commits the request, releases the run, then enqueues (DESIGN §4), so the
+    job may still be on its way."""
+    return (
+        run.step is Step.JOB
+        and run.requested_at is not None
+        and (now - run.requested_at).total_seconds() < RECENT_REQUEST_SECONDS
+    )
+
+
+async def _remove_late_job(app: App, phase: Phase, job_id: str) -> tuple[str, bool]:
+    """Watch ``job_id`` for :data:`LATE_ENQUEUE_SECONDS`, removing it if it arrives
+    unstarted; ``(last state seen, removed)``. A daemon that crashed between its
+    commit and the enqueue never adds it, and a cancelled run is never recovered."""
+    deadline = time.monotonic() + LATE_ENQUEUE_SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        state, removed = await _remove_job(app, phase, job_id)
+        if state != "unknown":
+            return state, removed
+    return "unknown", False

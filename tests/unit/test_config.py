@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from retro.config import ConfigError, load_settings, mask_url
+from retro.config import ConfigError, load_settings, mask, mask_url
 from retro.store.db import is_unreachable
 
 SECRET = "pa55word"
@@ -41,6 +41,24 @@ def test_postgres_with_embedded_redis_is_refused() -> None:
 def test_mask_url_hides_only_the_password() -> None:
     assert mask_url(f"redis://user:{SECRET}@h:1/0") == "redis://user:***@h:1/0"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (f"redis://:{SECRET}@more@h:1 unreachable", "redis://:***@h:1 unreachable"),
+        (f"redis://h:1/0?password={SECRET}", "redis://h:1/0?password=***"),
+        (
+            f"postgresql+psycopg://u:{SECRET}@h/db?sslmode=require&PASSWORD={SECRET}&a=b",
+            "postgresql+psycopg://u:***@h/db?sslmode=require&PASSWORD=***&a=b",
+        ),
+        (f"postgresql://u:{SECRET}@h/db, then mail a@b", "postgresql://u:***@h/db, then mail a@b"),
+    ],
+    ids=["at-in-password", "query-password", "both", "later-at"],
+)
+def test_mask_hides_passwords_with_an_at_sign_or_in_the_query(text: str, masked: str) -> None:
+    assert mask(text) == masked
+    assert SECRET not in mask_url(text.split(",")[0].split(" ")[0])
 
 
 def test_a_schema_mistake_is_not_an_outage() -> None:

@@ -42,8 +42,11 @@ def test_a_custom_format_reaches_the_policy() -> None:
         ("retro:{matchId}", "':'"),
         ("a-{{x}}-{matchId}", "brace outside"),
         ("a-{matchId", "not a template"),
-        ("{matchId}", "fixed text"),
-        (" {matchId} ", "fixed text"),
+        ("{matchId}", "needs a letter"),
+        (" {matchId} ", "needs a letter"),
+        ("1{matchId}", "needs a letter"),
+        ("{matchId}0", "needs a letter"),
+        ("-{matchId}", "needs a letter"),
     ],
 )
 def test_a_bad_format_is_one_line_naming_the_setting(template: str, why: str) -> None:
