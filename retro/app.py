@@ -7,6 +7,7 @@ run ids come from the ``new_id`` callable given at construction.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -50,6 +51,9 @@ from retro.store.facts import MatchFacts, match_facts
 
 log = logging.getLogger("retro")
 
+REFILL_PASSES = 4
+"""Times one tick starts pending runs in the slots of runs that ended during it."""
+
 MAX_STEPS_PER_RUN = 16
 """Events one run may decide on one reading of the facts (a whole heal is about a dozen)."""
 
@@ -92,7 +96,9 @@ class TickReport:
     looked_at: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
     ended: int = 0
-    """Runs that reached a terminal state (each frees a ``max_in_flight`` slot)."""
+    """Runs that reached a terminal state since the tick last refilled their slots."""
+    freed: int = 0
+    """Runs that reached a terminal state in the tick (each frees a slot)."""
     again: bool = False
     """A run stopped short of an event it may take at once (a retry without backoff)."""
 
@@ -313,11 +319,34 @@ class App:
     # --- tick ---------------------------------------------------------------
 
     async def tick(self, *, now: datetime) -> TickReport:
-        """Advance every due run as far as the facts allow (DESIGN §2, one tick)."""
+        """Advance every due run as far as the facts allow (DESIGN §2, one tick).
+
+        A run that ends frees its ``max_in_flight`` slot: the tick then starts the
+        next pending runs itself (one query for them, at most
+        :data:`REFILL_PASSES` times), instead of leaving them to another tick.
+        """
         report = TickReport()
         async with self.engine.connect() as conn:
             due = await runs.due(conn, now=now, max_in_flight=self.settings.max_in_flight)
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
+        await self._work(work, now, report)
+        for _ in range(REFILL_PASSES):
+            freed, report.ended = report.ended, 0
+            if not freed:
+                break
+            report.freed += freed
+            async with self.engine.connect() as conn:
+                pending = await runs.pending(conn, now=now, limit=freed)
+            await self._work([(r, True) for r in pending], now, report)
+        else:
+            report.again = report.again or report.ended > 0  # still freeing: look again
+        report.freed += report.ended
+        self.metrics.ticked()
+        return report
+
+    async def _work(self, work: list[tuple[str, bool]], now: datetime, report: TickReport) -> None:
+        """Advance each ``(run id, starting)`` in turn; one run's trouble is logged,
+        not raised, unless a dependency is unreachable."""
         for run_id, starting in work:
             report.looked_at += 1
             try:
@@ -330,8 +359,6 @@ class App:
                     run_id,
                     extra=run_fields(run_id),
                 )
-        self.metrics.ticked()
-        return report
 
     async def _advance(
         self, run_id: str, now: datetime, report: TickReport, *, starting: bool
@@ -412,21 +439,30 @@ class App:
 
         The data is read after the job state, on a fresh snapshot: a worker commits
         its data before BullMQ marks the job finished, so a finished job is never
-        paired with data from before it ran.
+        paired with data from before it ran. The job's own data (timestamps, failure
+        reason) is also read after its state, at the same time as the match's.
         """
         assert self.queues is not None, "a tick needs Redis"
+        queues = self.queues
+
+        async def data() -> MatchFacts | None:
+            async with self.engine.connect() as fresh:
+                return await match_facts(
+                    fresh, run.match_id, expected_override=self.settings.expected_predictions
+                )
+
         job = workers = None
         if run.job_id is not None and run.phase is not None:
-            job = await self.queues.job_view(run.phase, run.job_id)
+            phase, job_id = run.phase, run.job_id
+            state = await queues.job_state(phase, job_id)
+            job, match = await asyncio.gather(queues.job_view_in(phase, job_id, state), data())
             waited = (now - (run.requested_at or now)).total_seconds()
             if job.state == "active" or (
                 job.state in ("waiting", "prioritized") and waited >= self.settings.tick_interval
             ):  # CLIENT LIST only where it matters, not on every fresh hand-off
-                workers = await self.queues.worker_count(run.phase)
-        async with self.engine.connect() as fresh:
-            match = await match_facts(
-                fresh, run.match_id, expected_override=self.settings.expected_predictions
-            )
+                workers = await queues.worker_count(phase)
+        else:
+            match = await data()
         self._warn_if_unconsumed(run, job, workers)
         self.metrics.job_seen(run, job)
         return _facts(match, job, workers), match

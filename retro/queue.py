@@ -230,11 +230,19 @@ class Queues:
 
     async def job_view(self, phase: Phase, job_id: str) -> JobView:
         """BullMQ's view of ``job_id``: state (``unknown`` if absent) and timestamps."""
-        queue = self.queue(phase)
         # State first, data second: a job that finishes in between is read with its
         # outcome (failedReason, finishedOn), never as "failed" without a reason.
-        state = await queue.getJobState(job_id)
-        job = await Job.fromId(queue, job_id)
+        return await self.job_view_in(phase, job_id, await self.job_state(phase, job_id))
+
+    async def job_state(self, phase: Phase, job_id: str) -> str:
+        """BullMQ's state of ``job_id`` alone (``unknown`` if absent): the first half
+        of :meth:`job_view`, for a caller that reads other data in between."""
+        return str(await self.queue(phase).getJobState(job_id))
+
+    async def job_view_in(self, phase: Phase, job_id: str, state: str) -> JobView:
+        """The second half of :meth:`job_view`: ``job_id``'s data, read after its
+        ``state`` was (so a finished state comes with its outcome)."""
+        job = await Job.fromId(self.queue(phase), job_id)
         if job is None or state == "unknown":
             return JobView(state="unknown")
         return JobView(

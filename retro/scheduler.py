@@ -174,9 +174,9 @@ class Daemon:
     async def _tick(self, until_idle: bool) -> None:
         try:
             report = await self.run_once()
-            if report.ended or report.again:
-                self.wake()  # a slot was freed, or a run can go on at once: look again
-            elif not report.events and until_idle and await self.app.idle():
+            if report.again:
+                self.wake()  # a run can go on at once: look again
+            elif (not report.events or report.freed) and until_idle and await self.app.idle():
                 self.stop()
         except Exception as exc:
             dependency = unreachable(exc)

@@ -200,18 +200,20 @@ async def due(conn: AsyncConnection, *, now: datetime, max_in_flight: int) -> Du
             ready.append(run_id)
         in_flight.append(run_id)
     slots = max_in_flight - count
-    pending: list[str] = []
-    if slots > 0:
-        rows = await conn.execute(
-            select(backfill_runs.c.id)
-            .where(
-                backfill_runs.c.state == str(State.PENDING), backfill_runs.c.next_check_at <= now
-            )
-            .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
-            .limit(slots)
-        )
-        pending = [r for (r,) in rows]
-    return Due(in_flight=ready, pending=pending)
+    return Due(in_flight=ready, pending=await pending(conn, now=now, limit=slots))
+
+
+async def pending(conn: AsyncConnection, *, now: datetime, limit: int) -> list[str]:
+    """Up to ``limit`` pending run ids due at ``now``, oldest first (by index)."""
+    if limit <= 0:
+        return []
+    rows = await conn.execute(
+        select(backfill_runs.c.id)
+        .where(backfill_runs.c.state == str(State.PENDING), backfill_runs.c.next_check_at <= now)
+        .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
+        .limit(limit)
+    )
+    return [r for (r,) in rows]
 
 
 async def count_in_flight(conn: AsyncConnection) -> int:

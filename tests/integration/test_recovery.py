@@ -215,7 +215,8 @@ async def test_failed_job_restored_from_a_snapshot_is_not_charged_to_the_next_at
         try:
             snapshot = [(k, await redis.dump(k)) for k in await prefix_keys(redis, backend.prefix)]
 
-            await app.tick(now=now())  # JobFailed, RetryScheduled, PredictionsRequested(2)
+            await app.tick(now=now())  # JobFailed, RetryScheduled: committed first, then
+            await app.tick(now=now())  # PredictionsRequested(2), removing attempt 1's job
             run = await get_run(app, run_id)
             assert (run.state, run.attempt) == ("predicting", 2)
             assert (await job_view(app, run)).state in ("waiting", "prioritized")
@@ -290,7 +291,8 @@ async def test_a_running_job_adopted_by_the_retry_is_charged_to_the_retry(
         try:
             await eventually(lambda: _state_is(app, run, "active"))
             held = await job_view(app, run)
-            await app.tick(now=now() + timedelta(seconds=1))  # timed out; retry adopts it
+            await app.tick(now=now() + timedelta(seconds=1))  # timed out (committed first)
+            await app.tick(now=now() + timedelta(seconds=1))  # the retry adopts it
             adopted = await get_run(app, run_id)
             assert (adopted.attempt, adopted.adopted_created_at) == (2, held.created_at)
             release.set()
@@ -298,7 +300,8 @@ async def test_a_running_job_adopted_by_the_retry_is_charged_to_the_retry(
         finally:
             release.set()
             await worker.close()
-        await app.tick(now=now() + timedelta(seconds=2))
+        await app.tick(now=now() + timedelta(seconds=2))  # JobFailed, RetryScheduled
+        await app.tick(now=now() + timedelta(seconds=2))  # AnalysisRequested(3)
         events = await events_of(app, run_id)
         assert [e.TYPE for e in events if isinstance(e, VERDICTS)] == ["PhaseTimedOut", "JobFailed"]
         asked = [(e.attempt, e.adopted_created_at) for e in events if isinstance(e, Requested)]
@@ -575,18 +578,19 @@ async def test_job_completing_between_the_reads_is_not_a_short_job(
         run = await get_run(app, run_id)
         assert run.state == "predicting"
         real_view = app.queues.job_view
+        real_state = app.queues.job_state
         raced: list[str] = []
 
-        async def finishing_view(phase: Phase, job_id: str) -> JobView:
+        async def finishing_state(phase: Phase, job_id: str) -> str:
             if phase is Phase.PREDICTIONS and not raced:
                 raced.append(job_id)  # the worker runs right now, inside the tick
                 async with workers(backend):
                     await eventually(
                         lambda: _completed(real_view(phase, job_id)), timeout=15, interval=0.02
                     )
-            return await real_view(phase, job_id)
+            return await real_state(phase, job_id)
 
-        monkeypatch.setattr(app.queues, "job_view", finishing_view)
+        monkeypatch.setattr(app.queues, "job_state", finishing_state)
         await app.tick(now=now())
         assert raced == [run.job_id]
         events = await events_of(app, run_id)
