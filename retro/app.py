@@ -99,6 +99,8 @@ class TickReport:
     """Runs that reached a terminal state since the tick last refilled their slots."""
     freed: int = 0
     """Runs that reached a terminal state in the tick (each frees a slot)."""
+    started: int = 0
+    """Pending runs the tick started (appended their first events)."""
     again: bool = False
     """A run stopped short of an event it may take at once (a retry without backoff)."""
 
@@ -428,6 +430,8 @@ class App:
             before = after
         if new.state in TERMINAL:
             report.ended += 1
+        elif starting:
+            report.started += 1
         await self._effect(batch[-1], match)  # step 3: effect
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:

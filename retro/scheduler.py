@@ -176,7 +176,11 @@ class Daemon:
             report = await self.run_once()
             if report.again:
                 self.wake()  # a run can go on at once: look again
-            elif (not report.events or report.freed) and until_idle and await self.app.idle():
+            elif (
+                until_idle
+                and (not report.events or report.freed > report.started)
+                and await self.app.idle()  # a run just started is not idle: no query then
+            ):
                 self.stop()
         except Exception as exc:
             dependency = unreachable(exc)
