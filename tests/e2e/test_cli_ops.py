@@ -648,3 +648,17 @@ def test_status_json_with_redis_unreachable_exits_one(tmp_path: Path, backend: B
     assert "unreachable" in doc["redis"]["error"] and "s3cret" not in result.output
     assert doc["database"] == {"reachable": True}
     assert doc["workers"] == {} and doc["counts"]["pending"] > 0
+
+
+def test_cancel_log_lines_carry_the_run_fields(tmp_path: Path, backend: Backend) -> None:
+    """``--log-format json``: cancel's line names run, match and event as fields."""
+    run_ids = asyncio.run(
+        seed_runs(backend.database_url, backend.redis_url, ["en.1"], prefix=backend.prefix)
+    )
+    result = ok(
+        invoke_retro("cancel", run_ids[0], "--log-format", "json", cwd=tmp_path, env=backend.env())
+    )
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    line = next(entry for entry in lines if entry.get("event") == "RunCancelled")
+    assert line["run"] == run_ids[0] and line["match"].startswith("m-"), line
+    assert "run=" not in line["msg"], line  # fields, not text in the message

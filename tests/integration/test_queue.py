@@ -277,6 +277,24 @@ async def test_worker_count_follows_running_workers(
     await eventually(lambda: _equals(queues.worker_count(Phase.SETTLEMENT), 0))
 
 
+async def test_an_idle_worker_seen_only_by_its_script_connection_still_counts(
+    backend: Backend, queues: Queues
+) -> None:
+    """An idle python-bullmq Worker drops its blocking connection for seconds at a
+    time; its other connection, named alike, last ran a Lua script. That alone still
+    shows a consumer: 1, not 0 (which would read as "no worker consuming")."""
+    name = f"{backend.prefix}:{NAMES[Phase.PREDICTIONS]}"
+    client = Redis.from_url(backend.redis_url)
+    try:
+        await client.client_setname(name)
+        await client.eval("return 1", 0)  # its last command: a script, as BullMQ's are
+        assert await queues.worker_count(Phase.PREDICTIONS) == 1
+        assert await queues.worker_count(Phase.ANALYSIS) == 0
+    finally:
+        await client.aclose()
+    assert await queues.worker_count(Phase.PREDICTIONS) == 0
+
+
 async def _equals(count: Awaitable[int], n: int) -> bool:
     return await count == n
 
