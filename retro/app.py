@@ -95,8 +95,6 @@ class TickReport:
 
     looked_at: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
-    ended: int = 0
-    """Runs that reached a terminal state since the tick last refilled their slots."""
     freed: int = 0
     """Runs that reached a terminal state in the tick (each frees a slot)."""
     started: int = 0
@@ -332,17 +330,17 @@ class App:
             due = await runs.due(conn, now=now, max_in_flight=self.settings.max_in_flight)
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
         await self._work(work, now, report)
+        refilled = 0  # slots freed so far that a refill pass has offered to pending runs
         for _ in range(REFILL_PASSES):
-            freed, report.ended = report.ended, 0
-            if not freed:
+            free = report.freed - refilled
+            if not free:
                 break
-            report.freed += freed
+            refilled = report.freed
             async with self.engine.connect() as conn:
-                pending = await runs.pending(conn, now=now, limit=freed)
+                pending = await runs.pending(conn, now=now, limit=free)
             await self._work([(r, True) for r in pending], now, report)
         else:
-            report.again = report.again or report.ended > 0  # still freeing: look again
-        report.freed += report.ended
+            report.again = report.again or report.freed > refilled  # still freeing: look again
         self.metrics.ticked()
         return report
 
@@ -429,7 +427,7 @@ class App:
             )
             before = after
         if new.state in TERMINAL:
-            report.ended += 1
+            report.freed += 1
         elif starting:
             report.started += 1
         await self._effect(batch[-1], match)  # step 3: effect
