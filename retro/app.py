@@ -538,6 +538,11 @@ class App:
         async with self.engine.connect() as conn:
             return await runs.idle(conn)
 
+    async def counts(self) -> dict[str, int]:
+        """Runs by state (one query; :meth:`status` also reads jobs and workers)."""
+        async with self.engine.connect() as conn:
+            return {str(state): n for state, n in (await runs.counts_by_state(conn)).items()}
+
     async def status(
         self, *, now: datetime | None = None, window: float = DEFAULT_WINDOW
     ) -> StatusReport:

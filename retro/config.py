@@ -12,7 +12,7 @@ import string
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -152,11 +152,7 @@ class Settings(BaseSettings):
 
     def phase_timeout(self, phase: str) -> float:
         """Budget in seconds for ``phase`` (``analysis``/``predictions``/``settlement``)."""
-        return {
-            "analysis": self.analysis_timeout,
-            "predictions": self.predictions_timeout,
-            "settlement": self.settlement_timeout,
-        }[phase]
+        return float(getattr(self, f"{phase}_timeout"))
 
 
 def check_job_id_format(template: str) -> None:
@@ -236,23 +232,23 @@ def load_settings(**overrides: object) -> Settings:
 
 _PASSWORD_IN_URL = re.compile(
     # greedy up to the authority's last "@": a password may hold an unencoded "@"
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/?#]*)@"
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^\s/?#]*)@",
+    re.I,
 )
 _PASSWORD_IN_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|sslpassword)=)[^&#\s]*", re.I)
 """``?password=…`` (redis-py and libpq read a password from the query string too)."""
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (``postgresql://u:***@h/db``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return mask(url)
-    if parts.password is None:
-        return mask(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return mask(urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}")))
+    """``url`` with any password replaced by ``***`` (``postgresql://u:***@h/db``);
+    :func:`mask` applied to one URL."""
+    return mask(url)
+
+
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` as one masked line of at most ``limit`` characters (its type's name
+    when it has no message): for logs and health reports."""
+    return mask(" ".join(str(exc).split())[:limit]) or type(exc).__name__
 
 
 def mask(text: str) -> str:

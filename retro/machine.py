@@ -73,7 +73,8 @@ PLAYABLE_STATUSES = frozenset({"scheduled", "live"}) | SETTLED_STATUSES
 CALLED_OFF_STATUSES = frozenset({"postponed", "cancelled"})
 NEW = "new"  # pseudo-state before RunSeeded; never stored
 
-_LIVE = [State.PENDING, State.ANALYZING, State.PREDICTING, State.SETTLING]
+LIVE = (State.PENDING, State.ANALYZING, State.PREDICTING, State.SETTLING)
+"""States a run can still leave: pending and in flight (not terminal)."""
 _PHASES = [State.ANALYZING, State.PREDICTING, State.SETTLING]
 TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "RunSeeded", "source": NEW, "dest": State.PENDING},
@@ -94,8 +95,8 @@ TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "PhaseTimedOut", "source": _PHASES, "dest": None},
     {"trigger": "RetryScheduled", "source": _PHASES, "dest": None},
     {"trigger": "RunCompleted", "source": State.SETTLING, "dest": State.DONE},
-    {"trigger": "RunFailed", "source": _LIVE, "dest": State.FAILED},
-    {"trigger": "RunCancelled", "source": _LIVE, "dest": State.CANCELLED},
+    {"trigger": "RunFailed", "source": list(LIVE), "dest": State.FAILED},
+    {"trigger": "RunCancelled", "source": list(LIVE), "dest": State.CANCELLED},
     {"trigger": "RunRearmed", "source": State.FAILED, "dest": State.PENDING},
 ]
 

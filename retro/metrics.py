@@ -36,7 +36,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 
-from retro.config import ConfigError, mask
+from retro.config import ConfigError, error_line, mask
 from retro.events import (
     Event,
     JobFailed,
@@ -275,7 +275,7 @@ class RunsByState:
                     select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
                 ).all()
         except Exception as exc:
-            log.warning("runs by state not counted: %s", " ".join(str(exc).split())[:200])
+            log.warning("runs by state not counted: %s", error_line(exc))
             return
         counts = {str(state): int(n) for state, n in rows}
         family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
@@ -371,7 +371,7 @@ class Health:
         try:
             check()
         except Exception as exc:
-            reason = mask(" ".join(str(exc).split())[:200]) or type(exc).__name__
+            reason = error_line(exc)
             return {"ok": False, "error": reason}
         return {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
 

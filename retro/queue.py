@@ -71,21 +71,13 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def queue_names(settings: Settings) -> dict[Phase, str]:
     """The host's queue name for each phase, from ``settings``."""
-    return {
-        Phase.ANALYSIS: settings.analysis_queue,
-        Phase.PREDICTIONS: settings.predictions_queue,
-        Phase.SETTLEMENT: settings.settlement_queue,
-    }
+    return {phase: str(getattr(settings, f"{phase}_queue")) for phase in Phase}
 
 
 def job_id_formats(settings: Settings) -> dict[Phase, str]:
     """The job-id template of each phase, from ``settings`` (e.g. ``analyze-retro-{matchId}``;
     validated there: ``{matchId}`` exactly once, no ``:``)."""
-    return {
-        Phase.ANALYSIS: settings.analysis_job_id,
-        Phase.PREDICTIONS: settings.predictions_job_id,
-        Phase.SETTLEMENT: settings.settlement_job_id,
-    }
+    return {phase: str(getattr(settings, f"{phase}_job_id")) for phase in Phase}
 
 
 def analysis_payload(

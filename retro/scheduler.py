@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
 from retro.app import App, TickReport, unreachable
-from retro.config import mask
+from retro.config import error_line
 
 log = logging.getLogger("retro.daemon")
 
@@ -104,7 +104,7 @@ class Outage:
             self.since, self.delay = now, self.first
         else:
             self.delay = min(self.delay * 2, self.ceiling)
-        reason = mask(" ".join(str(exc).split())[:200]) or type(exc).__name__
+        reason = error_line(exc)
         step = (dependency, reason, self.delay)
         if step != self._logged:
             self._logged = step

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.store.gaps import expected_models_query, found_predictions, has_analysis
-from retro.store.schema import matches, predictions
+from retro.store.gaps import (
+    expected_models_query,
+    found_predictions,
+    has_analysis,
+    pending_prediction,
+)
+from retro.store.schema import matches
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,7 @@ async def match_facts(
     conn: AsyncConnection, match_id: str, *, expected_override: int | None = None
 ) -> MatchFacts | None:
     """The facts of ``match_id``, or ``None`` if the match no longer exists (one query)."""
-    unscored = (
-        select(func.count())
-        .where(predictions.c.match_id == matches.c.id, predictions.c.status == "pending")
-        .scalar_subquery()
-    )
+    unscored = select(func.count()).where(pending_prediction()).scalar_subquery()
     row = (
         (
             await conn.execute(

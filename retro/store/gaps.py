@@ -18,9 +18,9 @@ from enum import StrEnum
 
 from sqlalchemy import and_, exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.expression import Exists, ScalarSelect, Select
+from sqlalchemy.sql.expression import ColumnElement, Exists, ScalarSelect, Select
 
-from retro.machine import PLAYABLE_STATUSES, SETTLED_STATUSES
+from retro.machine import CALLED_OFF_STATUSES, PLAYABLE_STATUSES, SETTLED_STATUSES
 from retro.store.runs import blocking_run_clause
 from retro.store.schema import backfill_runs, match_analysis, matches, models, predictions
 
@@ -113,6 +113,11 @@ def has_analysis() -> Exists:
     )
 
 
+def pending_prediction() -> ColumnElement[bool]:
+    """WHERE clause: a ``pending`` (unscored) prediction of the ``matches`` row."""
+    return and_(predictions.c.match_id == matches.c.id, predictions.c.status == "pending")
+
+
 def found_predictions() -> ScalarSelect[int]:
     """Scalar subquery: expected models (active, not auto-disabled) with a prediction
     for the ``matches`` row, counted by model, not by rows."""
@@ -155,9 +160,7 @@ async def scan(
     # ISO text sorts by its date prefix; a day of margin covers any UTC offset.
     lo = (since - timedelta(days=1)).strftime("%Y-%m-%d")
     hi = (now + timedelta(days=2)).strftime("%Y-%m-%d")
-    has_pending = exists().where(
-        predictions.c.match_id == matches.c.id, predictions.c.status == "pending"
-    )
+    has_pending = exists().where(pending_prediction())
     blocked = exists().where(
         backfill_runs.c.match_id == matches.c.id,
         blocking_run_clause((clock or now) - cooldown, reprocess=reprocess),
@@ -192,7 +195,7 @@ async def scan(
             continue
         status = row["status"]
         if status not in PLAYABLE_STATUSES:
-            if status not in ("postponed", "cancelled"):
+            if status not in CALLED_OFF_STATUSES:
                 skipped.append(SkippedRow(row["id"], f"unknown status {status!r}"))
             continue
         kinds = _kinds(

@@ -28,10 +28,6 @@ class ConcurrencyError(RuntimeError):
     """Another writer appended to this run first (UNIQUE(run_id, seq) or version moved)."""
 
 
-class RunNotFound(LookupError):
-    """No run has that id."""
-
-
 def run_row(run: Run) -> dict[str, Any]:
     """The ``backfill_runs`` row for ``run``."""
     return {
@@ -187,19 +183,17 @@ async def due(conn: AsyncConnection, *, now: datetime, max_in_flight: int) -> Du
     In-flight runs are bounded by the cap, so the cost does not grow with the
     pending backlog: the pending query reads at most ``max_in_flight`` rows by index.
     """
-    flight = await conn.execute(
-        select(backfill_runs.c.id, backfill_runs.c.next_check_at)
-        .where(text(IN_FLIGHT_SQL))  # literal: matches ix_backfill_runs_in_flight
-        .order_by(backfill_runs.c.next_check_at)
-    )
-    in_flight, ready = [], []
-    count = 0
-    for run_id, next_check in flight:
-        count += 1
-        if next_check is not None and next_check <= now:
-            ready.append(run_id)
-        in_flight.append(run_id)
-    slots = max_in_flight - count
+    flight = (
+        await conn.execute(
+            select(backfill_runs.c.id, backfill_runs.c.next_check_at)
+            .where(text(IN_FLIGHT_SQL))  # literal: matches ix_backfill_runs_in_flight
+            .order_by(backfill_runs.c.next_check_at)
+        )
+    ).all()
+    ready = [
+        run_id for run_id, next_check in flight if next_check is not None and next_check <= now
+    ]
+    slots = max_in_flight - len(flight)
     return Due(in_flight=ready, pending=await pending(conn, now=now, limit=slots))
 
 
