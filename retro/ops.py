@@ -16,7 +16,7 @@ from retro.app import App
 from retro.config import mask
 from retro.events import Phase, RunCancelled
 from retro.logs import run_fields
-from retro.machine import TERMINAL, Run, State, Step, clip
+from retro.machine import LIVE, TERMINAL, Run, Step, clip
 from retro.store import runs
 from retro.store.runs import EventRow
 
@@ -25,7 +25,6 @@ log = logging.getLogger("retro")
 CANCEL_REASON = "cancelled by operator"
 CANCEL_TRIES = 20
 """Times one run's cancel is re-decided after losing an append race to a daemon."""
-LIVE_STATES = (State.PENDING, State.ANALYZING, State.PREDICTING, State.SETTLING)
 UNSTARTED = frozenset({"waiting", "delayed", "prioritized", "waiting-children"})
 """BullMQ job states a job can be removed in (a worker has not taken it)."""
 
@@ -92,18 +91,25 @@ class Cancelled:
 
     Attributes:
         run: the run as it was just before the cancel.
-        phase: the phase its job belongs to (``None`` without a job).
-        job_id: its job's id (``None`` when it had none, e.g. pending).
-        job_state: BullMQ's state of that job when cancelled (``unknown`` if absent).
+        job_state: BullMQ's state of its job when cancelled (``unknown`` if absent,
+            ``None`` when the run had no job).
         job_removed: the job was waiting and is removed from its queue; an
             ``active`` job cannot be removed and is left to finish, its result ignored.
     """
 
     run: Run
-    phase: Phase | None
-    job_id: str | None
     job_state: str | None
     job_removed: bool
+
+    @property
+    def phase(self) -> Phase | None:
+        """The phase the run's job belongs to (``None`` without a job)."""
+        return self.run.phase
+
+    @property
+    def job_id(self) -> str | None:
+        """The run's job id (``None`` when it had none, e.g. pending)."""
+        return self.run.job_id
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ async def cancel(
         raise Refused("the cancel reason is empty")
     async with app.engine.connect() as conn:
         if every_live:
-            targets = await runs.list_runs(conn, states=LIVE_STATES, limit=1_000_000)
+            targets = await runs.list_runs(conn, states=LIVE, limit=1_000_000)
         else:
             targets = []
             for run_id in dict.fromkeys(run_ids):
@@ -207,7 +213,7 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
             removed,
             extra=run_fields(run.id, run.match_id, run.job_id, "RunCancelled"),
         )
-        return Cancelled(run, run.phase, run.job_id, state, removed)
+        return Cancelled(run, state, removed)
     raise RuntimeError(f"run {run_id} kept moving; cancel it again")
 
 

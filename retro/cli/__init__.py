@@ -14,6 +14,7 @@ import logging
 import traceback
 from collections.abc import Callable, Coroutine
 from datetime import datetime
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -36,6 +37,7 @@ from retro.metrics import MetricsServer
 from retro.ops import Refused
 from retro.progress import DEFAULT_WINDOW
 from retro.queue import RedisUnreachable
+from retro.report import dumps, start_json, status_json, verify_json
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError, require_sqlite_file
 from retro.store.runs import Audit
@@ -128,9 +130,18 @@ json_option: Callable[[F], F] = click.option(
 
 def print_json(document: dict[str, Any]) -> None:
     """``document`` on stdout alone: plain JSON text, no Rich markup or wrapping."""
-    from retro.report import dumps
-
     click.echo(dumps(document))
+
+
+def emit(
+    as_json: bool, report: T, document: Callable[[T], dict[str, Any]], render: Callable[[T], None]
+) -> None:
+    """A read command's output: ``document(report)`` as JSON (``--json``, docs/json.md)
+    or ``render(report)`` as text."""
+    if as_json:
+        print_json(document(report))
+    else:
+        render(report)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,12 +196,7 @@ def start(
             return await retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess)
 
     report = execute(go(), verbose)
-    if as_json:
-        from retro.report import start_json
-
-        print_json(start_json(report))
-    else:
-        render_start(report)
+    emit(as_json, report, start_json, render_start)
 
 
 @cli.command()
@@ -244,8 +250,6 @@ def verify(
 
     audit = execute(go(), verbose)
     if as_json:
-        from retro.report import verify_json
-
         print_json(verify_json(audit))
         raise SystemExit(EXIT_FAILURE if audit.drifted else EXIT_OK)
     if audit.drifted:
@@ -328,12 +332,12 @@ def status(
             return await retro.status(now=now, window=eta_window), now
 
     report, now = execute(go(), verbose)
-    if as_json:
-        from retro.report import status_json
-
-        print_json(status_json(report, now=now))
-    else:
-        render_status(report, now=now)
+    emit(
+        as_json,
+        report,
+        partial(status_json, now=now),
+        partial(render_status, now=now),
+    )
     if report.redis_error:
         raise SystemExit(EXIT_FAILURE)  # the database answered; Redis did not
 
@@ -463,7 +467,7 @@ def run(
                     described["redis"],
                 )
                 await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                counts = (await retro.status()).counts
+                counts = await retro.counts()
                 logger.info(
                     "daemon stopped: runs %s",
                     ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",

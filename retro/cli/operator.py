@@ -8,9 +8,9 @@ import click
 from retro.app import App
 from retro.cli import (
     connection_options,
+    emit,
     execute,
     json_option,
-    print_json,
     settings_from,
 )
 from retro.cli.render import render_cancel, render_history
@@ -18,6 +18,7 @@ from retro.logs import setup_logging
 from retro.ops import CANCEL_REASON, CancelReport, History
 from retro.ops import cancel as cancel_runs
 from retro.ops import history as run_history
+from retro.report import cancel_json, history_json
 from retro.scheduler import utcnow
 
 
@@ -55,12 +56,7 @@ def history(
             return await run_history(retro, ident, of=of)
 
     found = execute(go(), verbose)
-    if as_json:
-        from retro.report import history_json
-
-        print_json(history_json(found))
-    else:
-        render_history(found)
+    emit(as_json, found, history_json, render_history)
 
 
 @click.command()
@@ -114,9 +110,4 @@ def cancel(
             )
 
     report = execute(go(), verbose)
-    if as_json:
-        from retro.report import cancel_json
-
-        print_json(cancel_json(report))
-    else:
-        render_cancel(report)
+    emit(as_json, report, cancel_json, render_cancel)

@@ -14,6 +14,7 @@ from rich.text import Text
 from retro.app import SeedReport, StatusReport
 from retro.config import mask
 from retro.demo.scenario import DemoReport
+from retro.machine import TERMINAL, State
 from retro.ops import CancelReport, History
 from retro.progress import describe_eta, short_eta
 
@@ -108,8 +109,8 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
     """The renderables of ``retro status``, top to bottom (also the watch view's body)."""
     parts: list[RenderableType] = []
     counts = Table("state", "runs", title="Runs")
-    for state in ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled"):
-        counts.add_row(state, str(report.counts.get(state, 0)))
+    for state in State:
+        counts.add_row(str(state), str(report.counts.get(state, 0)))
     parts.append(counts)
     if report.progress is not None:
         p = report.progress
@@ -298,7 +299,7 @@ def render_demo(report: DemoReport) -> None:
     out.print(table)
     done = report.counts.get("done", 0)
     failed = report.counts.get("failed", 0)
-    live = sum(n for s, n in report.counts.items() if s not in ("done", "failed", "cancelled"))
+    live = sum(n for s, n in report.counts.items() if s not in TERMINAL)
     out.print(
         f"Runs: {report.seeded} seeded, {done} healed (done), {failed} failed, "
         f"{report.counts.get('cancelled', 0)} cancelled, {live} unfinished — "
