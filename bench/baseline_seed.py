@@ -61,6 +61,8 @@ class BaselineReport:
     jobs: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    late: int = 0
+    """Jobs not yet finished at their first poll (each cost one more 2 s poll)."""
 
     @property
     def per_match(self) -> float:
@@ -118,13 +120,16 @@ async def baseline(
                 # 3. poll every 2 s until finished (or the stage's timeout)
                 deadline = time.monotonic() + TIMEOUTS[phase]
                 state = "unknown"
+                polls = 0
                 while time.monotonic() < deadline:
                     await asyncio.sleep(poll)
+                    polls += 1
                     state = str(await queue.getJobState(job_id))
                     if state in FINISHED_STATES:
                         break
                 else:
                     state = "timed out"
+                report.late += polls > 1
                 report.outcomes[state] = report.outcomes.get(state, 0) + 1
                 say(f"baseline: {job_id} {state}")
                 # the payload of the next stage needs the fresh score/status

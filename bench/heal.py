@@ -191,12 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{base_rate:.3f} matches/s -- a sample, EXTRAPOLATED per match to the full set"
     )
     pickup = base_parts["pickup"]
-    finished = [a + b for a, b in zip(pickup, base_parts["work"], strict=True)]  # ms after add
-    slow = sum(1 for v in finished if v > 1000 * POLL_SECONDS)
     print(
         f"{args.backend}: baseline per job: pickup (added -> taken, its 1000 ms delay included) "
         f"{sum(pickup) / max(len(pickup), 1):.0f} ms mean, max {max(pickup, default=0):.0f}; "
-        f"{slow} of {len(pickup)} jobs finished after the first poll; the original's floor "
+        f"{report.late} of {report.jobs} jobs finished after the first poll; the original's floor "
         f"(every stage seen at its first poll) is {floor_per_match:.2f} s per match = "
         f"{floor_rate:.3f} matches/s"
     )

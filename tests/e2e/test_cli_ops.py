@@ -317,6 +317,7 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
     # --all: every live run, text report
     live = [r for r, v in asyncio.run(snapshot(backend)).items() if v[0] not in TERMINAL]
     still_waiting = asyncio.run(waiting_jobs(backend))
+    assert live and still_waiting, "cancel --all needs live runs and a waiting job to act on"
     every = ok(
         invoke_retro("cancel", "--all", "--reason", "maintenance window", cwd=tmp_path, env=env)
     )
@@ -589,9 +590,7 @@ def test_start_json_and_reprocess_failed(tmp_path: Path, backend: Backend) -> No
     failed = counts.get("failed", 0)
     assert failed > 0, counts
 
-    status = as_json(
-        invoke_retro("status", "--json", cwd=tmp_path, env=env), "retro.status/1"
-    )  # exit 0 and JSON
+    status = as_json(ok(invoke_retro("status", "--json", cwd=tmp_path, env=env)), "retro.status/1")
     assert len(status["failed"]) == failed
     for item in status["failed"]:
         assert "injected failure" in item["reason"], item

@@ -72,6 +72,7 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
             )
         # A phase's completion and the next request (or a start and its first
         # request) go in one append: well over one event per INSERT on average.
+        assert appends > 0, "the INSERT listener saw nothing"
         assert healing_events >= 2 * appends, (healing_events, appends)
         after = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
         assert after.seeded == [], "a healed match inside the cooldown was seeded again"

@@ -74,6 +74,7 @@ def test_the_readme_diagram_draws_only_real_transitions() -> None:
     diagrams = mermaid_state_diagrams((ROOT / "README.md").read_text("utf-8"))
     assert len(diagrams) == 1
     edges = diagram_edges([line for line in diagrams[0] if not line.endswith(f"--> {START}")])
+    assert edges, "no edge read from the README's diagram"
     assert edges <= table_edges(), sorted(edges - table_edges())
 
 
