@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ from retro.app import App
 from retro.config import Settings
 from retro.demo.seed import seed_demo
 from retro.events import Requested
+from retro.pipeline.workers import QUEUES, run_workers
+from retro.scheduler import Daemon
 from retro.store import host, migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_runs, predictions
@@ -42,6 +45,38 @@ async def seed_runs(
         report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
     assert len(report.seeded) == gaps
     return report.seeded
+
+
+async def heal_until_idle(
+    app: App,
+    *,
+    database_url: str,
+    prefix: str,
+    timeout: float = 90,
+    queues: tuple[str, str, str] = QUEUES,
+    fail_rate: float = 0.0,
+) -> None:
+    """Run the reference workers and ``app``'s daemon until every run is terminal
+    (``until_idle``, no scan), then stop the workers (seconds: ``timeout`` for the
+    daemon, 30 for the workers to finish their jobs)."""
+    stop = asyncio.Event()
+    workers = asyncio.create_task(
+        run_workers(
+            database_url,
+            app.redis_url,
+            prefix=prefix,
+            queues=queues,
+            stop=stop,
+            fail_rate=fail_rate,
+        )
+    )
+    try:
+        await asyncio.wait_for(
+            Daemon(app).run(until_idle=True, scan=False, handle_signals=False), timeout
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(workers, 30)
 
 
 async def assert_healed(database_url: str, *, expected_per_match: int = 42) -> dict[str, int]:

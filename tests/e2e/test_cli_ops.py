@@ -33,7 +33,7 @@ from retro.store.runs import HANDOFF_TYPES
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, clean_env, invoke_retro, one_error_line
 from tests.e2e.hostdata import seed_host, upgrade_retro
-from tests.healing import DEMO_NOW, seed_runs
+from tests.healing import DEMO_NOW, heal_until_idle, seed_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -614,23 +614,9 @@ async def fail_every_run(backend: Backend) -> None:
     """The daemon with one attempt per phase and workers that fail every job."""
     settings = settings_for(backend, max_attempts=1, tick_interval=0.1)
     async with App(settings) as app:
-        stop = asyncio.Event()
-        workers = asyncio.create_task(
-            run_workers(
-                backend.database_url,
-                app.redis_url,
-                prefix=backend.prefix,
-                stop=stop,
-                fail_rate=1.0,
-            )
+        await heal_until_idle(
+            app, database_url=backend.database_url, prefix=backend.prefix, timeout=60, fail_rate=1.0
         )
-        try:
-            await asyncio.wait_for(
-                Daemon(app).run(until_idle=True, scan=False, handle_signals=False), 60
-            )
-        finally:
-            stop.set()
-            await workers
 
 
 # --- status --json with Redis down ------------------------------------------------------

@@ -5,12 +5,10 @@ stage job executed twice for one attempt (DESIGN §4)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from retro.store import runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_events
 from tests.conftest import Backend
+from tests.e2e.clirunner import clean_env
 from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +26,7 @@ KILLS = 6
 
 
 def spawn(backend: Backend, cwd: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **backend.env()}
+    env = clean_env(backend.env())  # no RETRO_* of the caller's
     with open(cwd / f"{args[0]}.log", "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "retro", *args],
@@ -36,16 +35,6 @@ def spawn(backend: Backend, cwd: Path, *args: str) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 async def progress(database_url: str) -> tuple[int, int]:

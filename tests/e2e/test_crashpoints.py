@@ -5,7 +5,6 @@ stage executed twice for one attempt and no attempt charged to the crash."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from retro.pipeline.workers import run_workers
 from retro.store import runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
+from tests.e2e.clirunner import clean_env
 from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
@@ -25,8 +25,7 @@ ARGS = ("run", "--no-scan", "--until-idle", "--max-in-flight", "2", "--tick-inte
 
 
 def daemon(backend: Backend, cwd: Path, crash_at: str | None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **backend.env()}
-    env.pop("RETRO_CRASH_AT", None)
+    env = clean_env(backend.env())  # no RETRO_* of the caller's, RETRO_CRASH_AT included
     if crash_at:
         env["RETRO_CRASH_AT"] = crash_at
     return subprocess.run(

@@ -3,7 +3,6 @@ daemon refuses to start with a clear message (DESIGN §4, §6)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.clirunner import clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,7 @@ def make_host_db(path: Path) -> str:
 
 
 def daemon(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "RETRO_DATABASE_URL": url, "RETRO_REDIS_URL": "embedded"}
+    env = clean_env({"RETRO_DATABASE_URL": url, "RETRO_REDIS_URL": "embedded"})
     return subprocess.Popen(
         [sys.executable, "-m", "retro", "run", "--tick-interval", "0.2", *args],
         cwd=tmp_path,

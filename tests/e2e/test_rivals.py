@@ -10,13 +10,11 @@ charges no attempt, and no process logs a traceback or an error.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested, 
 from retro.store import host, runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
+from tests.e2e.clirunner import clean_env
 from tests.healing import assert_healed, seed_runs
 
 pytestmark = pytest.mark.e2e
@@ -37,21 +36,9 @@ DAEMON_ARGS = (
 VERDICTS = (JobFailed, PhaseTimedOut, PredictionsShort, RunFailed)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test started; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def spawn(backend: Backend, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``python -m retro ARGS`` on ``backend``, stdout and stderr into ``log``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRO_")}
-    env.update(backend.env())
+    env = clean_env(backend.env())
     with open(log, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "retro", *args],

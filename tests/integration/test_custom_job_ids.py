@@ -3,7 +3,6 @@ puts its jobs under exactly those ids and queues in Redis, and no default id any
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -12,11 +11,9 @@ from redis.asyncio import Redis
 from retro.app import App
 from retro.config import load_settings
 from retro.events import Phase, Requested
-from retro.pipeline.workers import run_workers
-from retro.scheduler import Daemon
 from retro.store import runs
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed, seed_outage
+from tests.healing import DEMO_NOW, assert_healed, heal_until_idle, seed_outage
 
 ENV = {
     "RETRO_ANALYSIS_JOB_ID": "custom-{matchId}-a",
@@ -42,23 +39,12 @@ async def test_a_heal_uses_the_configured_job_ids_and_queues(
     async with App(settings) as app:
         seeded = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
         assert len(seeded.seeded) == gaps
-        stop = asyncio.Event()
-        workers = asyncio.create_task(
-            run_workers(
-                backend.database_url,
-                app.redis_url,
-                prefix=backend.prefix,
-                queues=(QUEUE[Phase.ANALYSIS], QUEUE[Phase.PREDICTIONS], QUEUE[Phase.SETTLEMENT]),
-                stop=stop,
-            )
+        await heal_until_idle(
+            app,
+            database_url=backend.database_url,
+            prefix=backend.prefix,
+            queues=(QUEUE[Phase.ANALYSIS], QUEUE[Phase.PREDICTIONS], QUEUE[Phase.SETTLEMENT]),
         )
-        try:
-            await asyncio.wait_for(
-                Daemon(app).run(until_idle=True, scan=False, handle_signals=False), 90
-            )
-        finally:
-            stop.set()
-            await workers
         async with app.engine.connect() as conn:
             requested: set[tuple[Phase, str, str]] = set()
             for run_id in await runs.all_ids(conn):

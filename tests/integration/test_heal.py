@@ -3,7 +3,6 @@ until idle, and check the data, the job journal and the event log."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -11,11 +10,10 @@ from sqlalchemy import event, func, select
 
 from retro.app import App
 from retro.config import Settings
-from retro.pipeline.workers import run_workers
 from retro.scheduler import Daemon
 from retro.store.schema import backfill_events
 from tests.conftest import Backend
-from tests.healing import DEMO_NOW, assert_healed, seed_outage
+from tests.healing import DEMO_NOW, assert_healed, heal_until_idle, seed_outage
 
 
 def settings_for(backend: Backend, **more: object) -> Settings:
@@ -52,17 +50,9 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
 
         sync_engine = app.engine.sync_engine
         event.listen(sync_engine, "before_cursor_execute", count_appends)
-        stop = asyncio.Event()
-        workers = asyncio.create_task(
-            run_workers(backend.database_url, app.redis_url, prefix=backend.prefix, stop=stop)
-        )
         try:
-            await asyncio.wait_for(
-                Daemon(app).run(until_idle=True, scan=False, handle_signals=False), 90
-            )
+            await heal_until_idle(app, database_url=backend.database_url, prefix=backend.prefix)
         finally:
-            stop.set()
-            await workers
             event.remove(sync_engine, "before_cursor_execute", count_appends)
         async with app.engine.connect() as conn:
             healing_events = await conn.scalar(
