@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from retro.clock import JobClock
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
@@ -50,6 +51,9 @@ from retro.store import db, gaps, migrate, runs
 from retro.store.facts import MatchFacts, match_facts
 
 log = logging.getLogger("retro")
+
+QUEUE_CLOCK_TTL = 60.0
+"""Seconds one reading of Redis ``TIME`` serves, carried forward on the monotonic clock."""
 
 REFILL_PASSES = 4
 """Times one tick starts pending runs in the slots of runs that ended during it."""
@@ -160,6 +164,8 @@ class App:
         self._warned: set[tuple[str, str | None, int]] = set()
         self.crash = crash if crash is not None else CrashPoints()
         self.metrics = Metrics()
+        self.job_clock = JobClock()
+        self._queue_clock: tuple[datetime, float] | None = None
 
     async def __aenter__(self) -> App:
         try:
@@ -327,7 +333,9 @@ class App:
         """
         report = TickReport()
         async with self.engine.connect() as conn:
-            due = await runs.due(conn, now=now, max_in_flight=self.settings.max_in_flight)
+            due = await runs.due(
+                conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
+            )
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
         await self._work(work, now, report)
         refilled = 0  # slots freed so far that a refill pass has offered to pending runs
@@ -337,7 +345,7 @@ class App:
                 break
             refilled = report.freed
             async with self.engine.connect() as conn:
-                pending = await runs.pending(conn, now=now, limit=free)
+                pending = await runs.pending(conn, limit=free)
             await self._work([(r, True) for r in pending], now, report)
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
@@ -417,6 +425,8 @@ class App:
         before = run
         for event in batch:
             after = evolve(before, event)
+            if isinstance(event, Requested):
+                self.job_clock.requested(event.job_id)
             report.events.append((run_id, event))
             self.metrics.appended(new.id, event)
             log.log(
@@ -457,8 +467,12 @@ class App:
         if run.job_id is not None and run.phase is not None:
             phase, job_id = run.phase, run.job_id
             state = await queues.job_state(phase, job_id)
-            job, match = await asyncio.gather(queues.job_view_in(phase, job_id, state), data())
-            waited = (now - (run.requested_at or now)).total_seconds()
+            (job, queue_now), match = await asyncio.gather(
+                asyncio.gather(queues.job_view_in(phase, job_id, state), self._queue_now()),
+                data(),
+            )
+            job = self._job_ages(job_id, job, queue_now)
+            waited = job.waiting_for or 0.0
             if job.state == "active" or (
                 job.state in ("waiting", "prioritized") and waited >= self.settings.tick_interval
             ):  # CLIENT LIST only where it matters, not on every fresh hand-off
@@ -468,6 +482,24 @@ class App:
         self._warn_if_unconsumed(run, job, workers)
         self.metrics.job_seen(run, job)
         return _facts(match, job, workers), match
+
+    def _job_ages(self, job_id: str, job: JobView, queue_now: datetime | None) -> JobView:
+        """``job`` with ``active_for``/``waiting_for`` measured (:class:`JobClock`):
+        never on retro's wall clock, so a jump of it times out no job."""
+        return self.job_clock.measure(job_id, job, queue_now)
+
+    async def _queue_now(self) -> datetime | None:
+        """The queue's clock (Redis ``TIME``) now, read at most once a
+        :data:`QUEUE_CLOCK_TTL` and carried forward on the monotonic clock."""
+        assert self.queues is not None
+        mono = time.monotonic()
+        if self._queue_clock is None or mono - self._queue_clock[1] > QUEUE_CLOCK_TTL:
+            at = await self.queues.server_time()
+            if at is None:
+                return None
+            self._queue_clock = (at, mono)
+        at, then = self._queue_clock
+        return at + timedelta(seconds=mono - then)
 
     async def _prepare(self, run: Run, event: Event, job: JobView | None) -> Event:
         """Step 1, before the event is appended (DESIGN §4).
@@ -516,6 +548,7 @@ class App:
         elif job.state != "unknown":
             return
         await self.queues.enqueue(run.phase, run.job_id, job_payload(run.phase, match))
+        self.job_clock.requested(run.job_id)
         log.info(
             "job %s re-enqueued (job was %s)",
             run.job_id,

@@ -185,6 +185,13 @@ class JobView:
     processed_at: datetime | None = None
     finished_at: datetime | None = None
     failed_reason: str | None = None
+    active_for: float | None = None
+    """Seconds since a worker took the job (start-to-close), measured by the shell on
+    clocks a jump of retro's wall clock cannot move (:mod:`retro.clock`); ``None``:
+    not measured (then :func:`running_for` falls back on the timestamps)."""
+    waiting_for: float | None = None
+    """Seconds the job has waited for a worker since it was requested
+    (schedule-to-start), measured like ``active_for``; ``None``: not measured."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +327,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if run.step is Step.ENTER:
         return _request(phase, run, 1, now, policy)
     if run.step is Step.BACKOFF:
-        if run.not_before is not None and now < run.not_before:
+        if not backoff_over(run.not_before, run.attempt, now, policy):
             return None
         return _request(phase, run, run.attempt + 1, now, policy)
     if run.step is Step.FAILED:
@@ -376,15 +383,42 @@ def _observe_job(
     if job.state == "active" and facts.workers != 0:
         # With no worker left on the queue the holder died: not a timeout but
         # "no worker consuming <queue>"; BullMQ re-queues it when workers return.
-        assert run.requested_at is not None
-        processed = job.processed_at
-        if processed is None or processed > now:  # a worker clock ahead of ours
-            processed = run.requested_at
-        started = max(processed, run.requested_at)
         budget = policy.budgets[phase]
-        if (now - started).total_seconds() > budget:
+        if running_for(run, job, now) > budget:
             return PhaseTimedOut(at=now, phase=phase, budget=budget, job_created_at=job.created_at)
     return None
+
+
+def running_for(run: Run, job: JobView, now: datetime) -> float:
+    """Seconds ``job`` (active) counts against its start-to-close budget.
+
+    The shell measures it (``job.active_for``) on clocks that a jump of retro's
+    wall clock cannot move (:mod:`retro.clock`). Only a caller that measured
+    nothing (plain values in tests and tools) gets the fallback: ``now`` less the
+    later of ``processedOn`` and the request, a ``processedOn`` ahead of ``now``
+    (a worker clock ahead of ours) counting as the request.
+    """
+    if job.active_for is not None:
+        return job.active_for
+    assert run.requested_at is not None
+    processed = job.processed_at
+    if processed is None or processed > now:  # a worker clock ahead of ours
+        processed = run.requested_at
+    return (now - max(processed, run.requested_at)).total_seconds()
+
+
+def backoff_over(not_before: datetime | None, attempt: int, now: datetime, policy: Policy) -> bool:
+    """True when a retry back-off that ends at ``not_before`` (aware UTC) is over at ``now``.
+
+    It is over when ``not_before`` has come, and also when ``not_before`` lies
+    further ahead than the back-off that set it (``policy.backoff(attempt)``) could
+    reach: only a wall clock that has since gone back puts it there, and a jump
+    back must not stall a run (issue 9). Such a retry comes early; it costs no
+    extra attempt.
+    """
+    if not_before is None or now >= not_before:
+        return True
+    return not_before - now > policy.backoff(attempt)
 
 
 def _request(phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy) -> Requested:

@@ -149,6 +149,8 @@ class Metrics:
         )
         self.last_tick_at: float | None = None
         """Unix seconds of the last completed tick (``None`` before the first)."""
+        self.last_tick_monotonic: float | None = None
+        """``time.monotonic()`` of the last completed tick (``None`` before the first)."""
         self._last_job: dict[str, tuple[Phase, str, float]] = {}
         """Run id -> (phase, job id, unix seconds requested) of its last request."""
         self._finished_at: dict[str, float] = {}
@@ -216,9 +218,13 @@ class Metrics:
         for kind, count in scan.by_kind().items():
             self.gaps_found.labels(kind=str(kind)).set(count)
 
-    def ticked(self, at: float | None = None) -> None:
-        """Record a completed tick at ``at`` (unix seconds, default now)."""
+    def ticked(self, at: float | None = None, *, monotonic: float | None = None) -> None:
+        """Record a completed tick at ``at`` (unix seconds, default now; shown and
+        exported) and ``monotonic`` (``time.monotonic()`` seconds, default now; what
+        ``/healthz`` judges the tick's age by, so a jump of the wall clock cannot
+        make a stalled daemon look healthy or a live one look stalled)."""
         self.last_tick_at = time.time() if at is None else at
+        self.last_tick_monotonic = time.monotonic() if monotonic is None else monotonic
         self.ticks.inc()
         self.last_tick.set(self.last_tick_at)
 
@@ -298,7 +304,7 @@ class Health:
         redis_url: the Redis the daemon uses (an embedded one's ``unix://`` socket).
         metrics: where the last tick is recorded.
         tick_interval: the daemon's tick interval, seconds.
-        clock: unix seconds (for tests).
+        clock: monotonic seconds, as :meth:`Metrics.ticked` records them (for tests).
     """
 
     def __init__(
@@ -308,7 +314,7 @@ class Health:
         metrics: Metrics,
         tick_interval: float,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -343,11 +349,11 @@ class Health:
         self.redis.close()
 
     def _tick(self) -> dict[str, Any]:
-        last = self.metrics.last_tick_at
+        last, since = self.metrics.last_tick_at, self.metrics.last_tick_monotonic
         limit = self.tick_limit
-        if last is None:
+        if last is None or since is None:
             return {"ok": False, "error": "no tick completed yet", "limit_seconds": limit}
-        age = max(0.0, self.clock() - last)
+        age = max(0.0, self.clock() - since)
         result: dict[str, Any] = {
             "ok": age <= limit,
             "age_seconds": round(age, 3),

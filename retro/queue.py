@@ -277,6 +277,22 @@ class Queues:
             return bool(await self.queue(phase).remove(job_id))
         return False
 
+    def _admin_client(self) -> Redis:
+        """The connection for commands about the server rather than a queue."""
+        if self._admin is None:
+            self._admin = self._client()
+        return self._admin
+
+    async def server_time(self) -> datetime | None:
+        """Redis's own clock (``TIME``) as aware UTC, or ``None`` when Redis refuses
+        the command (an ACL): the queue's clock, against which BullMQ's stamps are
+        read (:mod:`retro.clock`)."""
+        try:
+            seconds, micros = await self._admin_client().time()
+        except ResponseError:
+            return None
+        return datetime.fromtimestamp(int(seconds) + int(micros) / 1_000_000, UTC)
+
     async def worker_count(self, phase: Phase) -> int | None:
         """Workers consuming ``phase``'s queue (by BullMQ's client names), or ``None``
         when Redis will not tell (``CLIENT LIST`` missing or denied by an ACL).
@@ -289,10 +305,8 @@ class Queues:
         a Lua script (a blocking connection never runs one), so each Worker counts once;
         a queue with only script connections has at least one Worker.
         """
-        if self._admin is None:
-            self._admin = self._client()
         try:
-            clients = await self._admin.client_list()
+            clients = await self._admin_client().client_list()
         except ResponseError:
             return None
         queue = self.names[phase]

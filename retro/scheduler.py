@@ -1,5 +1,12 @@
-"""The daemon: APScheduler jobs ``tick`` and ``scan`` (DESIGN §6), wake-ups on
-BullMQ job events, the single-daemon lock on SQLite, graceful shutdown.
+"""The daemon: a ``tick`` every ``tick_interval`` and a ``scan`` every
+``scan_interval`` on the monotonic clock (DESIGN §6), wake-ups on BullMQ job
+events, the single-daemon lock on SQLite, graceful shutdown.
+
+The cadence runs on the event loop's clock (``loop.time()``, monotonic), not on
+APScheduler: APScheduler 3's interval trigger keeps its next fire time as a wall
+clock instant, so a jump back of the host's clock stopped every tick until the
+clock caught up (issue 9). Each due time here is a deadline on the monotonic
+clock, and the loop waits for the nearest one or for a wake-up, whichever first.
 
 ``Daemon.run_once()`` performs exactly one tick (for tests); ``run(until_idle=True)``
 returns once every run is terminal.
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import math
 import os
 import re
 import signal
@@ -19,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
 from retro.app import App, TickReport, unreachable
@@ -204,18 +211,17 @@ class Daemon:
             self._scan_due = True  # retried with the next tick
             self._outage.failed(dependency, exc)
 
-    def _request_scan(self) -> None:
-        self._scan_due = True
-        self.wake()
-
     async def run(
         self, *, until_idle: bool = False, scan: bool = True, handle_signals: bool = True
     ) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, or idle with ``until_idle``).
 
-        APScheduler's jobs only wake this loop; the loop itself runs every scan and
-        tick, so a stop never cancels a tick halfway (DESIGN §6: SIGTERM finishes
-        the current tick). With ``scan``, the first scan runs at start.
+        Ticks come every ``tick_interval`` seconds after the last one ended, and at
+        once on a wake-up (a tracked job finished, a scan seeded runs, an outage's
+        retry); with ``scan``, scans run at start and every ``scan_interval``
+        seconds. Both intervals are measured on the monotonic clock, so no jump of
+        the wall clock delays or doubles them. A stop never cancels a tick halfway
+        (DESIGN §6: SIGTERM finishes the current tick).
         """
         loop = asyncio.get_running_loop()
         if handle_signals:
@@ -223,40 +229,28 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         assert self.app.queues is not None
         self.app.queues.watch(self._on_job_finished, self.app.metrics.job_completed)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self.wake,
-            "interval",
-            id="tick",
-            seconds=self.settings.tick_interval,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(60, int(self.settings.tick_interval * 10)),
-        )
-        if scan:
-            scheduler.add_job(
-                self._request_scan,
-                "interval",
-                id="scan",
-                seconds=self.settings.scan_interval,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=3600,
-            )
-            self._scan_due = True
-        scheduler.start()
-        self.wake()
+        self._scan_due = scan
+        next_scan = loop.time() + self.settings.scan_interval if scan else math.inf
+        next_tick = loop.time()  # the first tick at once
         try:
             while not self._stop.is_set():
-                await self._wake.wait()
+                wait = min(next_tick, next_scan) - loop.time()
+                if wait > 0 and not self._wake.is_set():
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    except TimeoutError:
+                        pass  # a deadline came
                 self._wake.clear()
                 if self._stop.is_set():
                     break
+                if loop.time() >= next_scan:
+                    self._scan_due = True
+                    next_scan = loop.time() + self.settings.scan_interval
                 if self._scan_due:
                     await self._scan()
                 await self._tick(until_idle)
+                next_tick = loop.time() + self.settings.tick_interval
         finally:
-            scheduler.shutdown(wait=False)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -20,7 +20,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retro.events import Event, RunRearmed, RunSeeded, from_record, to_record
-from retro.machine import IN_FLIGHT, TERMINAL, Run, State, Step, evolve, project, seed
+from retro.machine import (
+    IN_FLIGHT,
+    TERMINAL,
+    Policy,
+    Run,
+    State,
+    Step,
+    backoff_over,
+    evolve,
+    project,
+    seed,
+)
 from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
 
 
@@ -177,33 +188,49 @@ class Due:
     pending: list[str]
 
 
-async def due(conn: AsyncConnection, *, now: datetime, max_in_flight: int) -> Due:
-    """Run ids whose ``next_check_at`` has come, within the ``max_in_flight`` cap.
+async def due(
+    conn: AsyncConnection, *, now: datetime, max_in_flight: int, policy: Policy | None = None
+) -> Due:
+    """Runs a tick should look at, within the ``max_in_flight`` cap.
 
+    An in-flight run is due unless it sleeps out a retry back-off that is not over
+    (:func:`retro.machine.backoff_over` under ``policy``, default :class:`Policy`);
+    a pending run is always due. ``next_check_at`` is a deadline only for a
+    back-off: elsewhere it is when the run last changed, and a wall clock that went
+    back since must not hold the run until the clock catches up (issue 9).
     In-flight runs are bounded by the cap, so the cost does not grow with the
     pending backlog: the pending query reads at most ``max_in_flight`` rows by index.
     """
+    policy = policy or Policy()
     flight = (
         await conn.execute(
-            select(backfill_runs.c.id, backfill_runs.c.next_check_at)
+            select(
+                backfill_runs.c.id,
+                backfill_runs.c.step,
+                backfill_runs.c.attempt,
+                backfill_runs.c.next_check_at,
+            )
             .where(text(IN_FLIGHT_SQL))  # literal: matches ix_backfill_runs_in_flight
             .order_by(backfill_runs.c.next_check_at)
         )
     ).all()
     ready = [
-        run_id for run_id, next_check in flight if next_check is not None and next_check <= now
+        run_id
+        for run_id, step, attempt, next_check in flight
+        if step != Step.BACKOFF or backoff_over(next_check, attempt, now, policy)
     ]
     slots = max_in_flight - len(flight)
-    return Due(in_flight=ready, pending=await pending(conn, now=now, limit=slots))
+    return Due(in_flight=ready, pending=await pending(conn, limit=slots))
 
 
-async def pending(conn: AsyncConnection, *, now: datetime, limit: int) -> list[str]:
-    """Up to ``limit`` pending run ids due at ``now``, oldest first (by index)."""
+async def pending(conn: AsyncConnection, *, limit: int) -> list[str]:
+    """Up to ``limit`` pending run ids, oldest first (by index): whatever the wall
+    clock says now, as a pending run waits for nothing but a slot."""
     if limit <= 0:
         return []
     rows = await conn.execute(
         select(backfill_runs.c.id)
-        .where(backfill_runs.c.state == str(State.PENDING), backfill_runs.c.next_check_at <= now)
+        .where(backfill_runs.c.state == str(State.PENDING))
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
         .limit(limit)
     )

@@ -323,7 +323,8 @@ async def test_due_keeps_pending_runs_out_while_the_cap_is_full(engine: AsyncEng
 
 async def test_due_returns_oldest_pending_within_free_slots(engine: AsyncEngine) -> None:
     now = T0 + timedelta(minutes=10)
-    # Seeded out of order; one is not yet due (its next_check_at is after now).
+    # Seeded out of order; one was seeded "after now" (a wall clock that since went
+    # back): a pending run waits only for a slot, so it is due too, last.
     await append(engine, None, seeded("p3", "m3", T0 + sec(30)))
     await append(engine, None, seeded("p1", "m1", T0 + sec(10)))
     await append(engine, None, seeded("future", "m9", now + sec(1)))
@@ -336,9 +337,8 @@ async def test_due_returns_oldest_pending_within_free_slots(engine: AsyncEngine)
         assert due.in_flight == []
         assert due.pending == ["p1", "p2"]
         assert (await runs.due(conn, now=now, max_in_flight=1)).pending == ["p1"]
-        assert (await runs.due(conn, now=now, max_in_flight=10)).pending == ["p1", "p2", "p3"]
-        later = await runs.due(conn, now=now + sec(1), max_in_flight=10)
-        assert later.pending == ["p1", "p2", "p3", "future"]
+        everything = ["p1", "p2", "p3", "future"]
+        assert (await runs.due(conn, now=now, max_in_flight=10)).pending == everything
         assert (await runs.due(conn, now=now, max_in_flight=0)).pending == []
 
 
@@ -361,6 +361,27 @@ async def test_due_waits_for_a_backoff_until_not_before(engine: AsyncEngine) -> 
         assert on_time.in_flight == ["backoff"]
         assert on_time.pending == []
         assert (await runs.due(conn, now=not_before - sec(1), max_in_flight=2)).pending == ["p1"]
+
+
+async def test_a_wall_clock_that_went_back_holds_no_run(engine: AsyncEngine) -> None:
+    # Runs last changed at T0 + 1 h; the clock then went back by an hour.
+    later = T0 + timedelta(hours=1)
+    waiting = await in_analysis(engine, "job", "m1", later)
+    backing = await in_analysis(engine, "backoff", "m2", later)
+    await append(
+        engine,
+        backing,
+        JobFailed(at=later, phase="analysis", reason="quota"),
+        RetryScheduled(at=later, phase="analysis", not_before=later + sec(5)),
+    )
+    assert waiting.next_check_at == later
+    async with engine.connect() as conn:
+        due = await runs.due(conn, now=T0, max_in_flight=2)
+        # A run with a job outstanding is looked at whatever its next_check_at, and
+        # a back-off ending further ahead than its 5 s could reach is over.
+        assert sorted(due.in_flight) == ["backoff", "job"]
+        # Within its reach, the back-off is still honoured.
+        assert (await runs.due(conn, now=later + sec(1), max_in_flight=2)).in_flight == ["job"]
 
 
 # --- stored instants and unknown events -------------------------------------------

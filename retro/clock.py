@@ -1,0 +1,96 @@
+"""How long a job has run or waited, on clocks that a jump of retro's wall clock cannot move.
+
+retro trusts each clock for one thing (docs/production.md, "Which clocks retro trusts"):
+
+- **Its monotonic clock** (``time.monotonic``) for every duration it watches itself:
+  the daemon's cadence, the age of the last tick in ``/healthz``, and how long a
+  job has been active or waiting since this process first saw it so.
+- **The queue's clock** (Redis ``TIME``) against BullMQ's own stamps
+  (``processedOn``, written by the worker; ``timestamp``, by whoever added the
+  job), once per job and state: for the part of a job's age that passed before
+  this process first saw it (after a restart of retro, or for an adopted job).
+- **Its wall clock** only for what it stores and shows (event times, back-off
+  deadlines, cooldowns, the scan window), never to time out a job.
+
+So a jump of retro's wall clock, while it runs or across a restart, neither times
+out a job nor holds one back; a jump of the Redis host's clock moves only the
+head start of a job retro sees for the first time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import replace
+from datetime import datetime
+from typing import TypeVar
+
+from retro.machine import JobView
+
+ACTIVE = "active"
+FINISHED = frozenset({"completed", "failed", "unknown"})
+"""States whose job neither runs nor waits for a worker (no age is measured)."""
+MEMORY = 10_000
+"""Jobs remembered at most (oldest forgotten first): memory stays bounded."""
+
+K = TypeVar("K", bound=Hashable)
+
+
+class JobClock:
+    """Measures ``active_for`` and ``waiting_for`` of the jobs a daemon watches.
+
+    Args:
+        monotonic: seconds on a clock that never jumps (``time.monotonic``; tests
+            pass their own).
+        memory: how many jobs to remember (:data:`MEMORY`).
+    """
+
+    def __init__(
+        self, monotonic: Callable[[], float] = time.monotonic, memory: int = MEMORY
+    ) -> None:
+        self.monotonic = monotonic
+        self.memory = memory
+        self._since: OrderedDict[tuple[str, str, datetime | None], float] = OrderedDict()
+        self._requested: OrderedDict[str, float] = OrderedDict()
+
+    def requested(self, job_id: str) -> None:
+        """This process has just asked for ``job_id`` (a ``…Requested`` was committed,
+        or the job was enqueued again): its waiting counts from now, and its
+        start-to-close never from before now."""
+        self._remember(self._requested, job_id, self.monotonic())
+
+    def measure(self, job_id: str, view: JobView, queue_now: datetime | None) -> JobView:
+        """``view`` with ``active_for`` (an active job) or ``waiting_for`` (a job no
+        worker has taken) set, in seconds.
+
+        The first time this process sees the job in that state, the age it already
+        had is read on the queue's clock, ``queue_now`` (Redis ``TIME``, aware UTC;
+        ``None``: unknown, counted as 0) less BullMQ's stamp, never below 0. From
+        then on it grows on the monotonic clock. A job this process requested is
+        never older than its request.
+        """
+        if view.state in FINISHED:
+            return view
+        active = view.state == ACTIVE
+        stamp = view.processed_at if active else view.created_at
+        key = (job_id, ACTIVE if active else "waiting", stamp)
+        now = self.monotonic()
+        since = self._since.get(key)
+        if since is None:
+            head = 0.0
+            if queue_now is not None and stamp is not None:
+                head = max(0.0, (queue_now - stamp).total_seconds())
+            since = now - head
+            self._remember(self._since, key, since)
+        asked = self._requested.get(job_id)
+        if asked is not None:
+            since = max(since, asked)
+        age = max(0.0, now - since)
+        return replace(view, active_for=age) if active else replace(view, waiting_for=age)
+
+    def _remember(self, memory: OrderedDict[K, float], key: K, value: float) -> None:
+        memory[key] = value
+        memory.move_to_end(key)
+        while len(memory) > self.memory:
+            memory.popitem(last=False)
