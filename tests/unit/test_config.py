@@ -261,3 +261,14 @@ def test_command_line_only_options_exist_and_read_no_variable() -> None:
         assert option in by_name, f"{option} ({variable}) is no option"
         assert by_name[option].envvar is None, option
         assert variable not in option_envvars(cli)
+
+
+def test_docs_list_every_setting_and_every_variable() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "config.md").read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        assert f"| `{name}` |" in text, f"setting {name} has no row in docs/config.md"
+    section = text.split("## Options and environment variables", 1)[1].split("\n## ", 1)[0]
+    for variable in option_envvars(cli):
+        assert f"`{variable}`" in section, f"{variable} is not in docs/config.md"
+    for variable, option in COMMAND_LINE_ONLY.items():
+        assert f"| `{option}`" in section and f"`{variable}`" in section, option
