@@ -169,8 +169,8 @@ async def time_ticks(settings: list[Settings], ticks: int) -> list[TickFigures]:
 
 def daemon_peak_rss(database_url: str, redis_url: str, prefix: str, seconds: float) -> float:
     """Peak RSS (MB) of ``retro run --no-scan`` on ``database_url`` after ``seconds``."""
-    env = {
-        **os.environ,
+    env = {  # no caller RETRO_*: retro refuses a variable it does not know
+        **{k: v for k, v in os.environ.items() if not k.upper().startswith("RETRO_")},
         "RETRO_DATABASE_URL": database_url,
         "RETRO_REDIS_URL": redis_url,
         "RETRO_QUEUE_PREFIX": prefix,

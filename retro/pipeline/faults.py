@@ -2,8 +2,8 @@
 
 Two things a worker of a real pipeline meets, made explicit:
 
-* **Injected failures**, opt-in (``retro workers --fail-rate 0.1`` or
-  ``RETRO_PIPELINE_FAIL_RATE=0.1``): a job fails with :data:`INJECTED` with that
+* **Injected failures**, opt-in (``retro workers --fail-rate 0.1``, on the
+  command line only): a job fails with :data:`INJECTED` with that
   probability. The draw is a hash of the job's id, BullMQ timestamp and
   ``attemptsMade``, not a random number, so it is reproducible: a job redelivered
   by BullMQ after a worker crash draws the same verdict, a new enqueue of the

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from retro.cli import cli
+from retro.cli import COMMAND_LINE_ONLY, cli
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, one_error_line, run_retro
 from tests.e2e.hostdata import files, row_counts, seed_host, table_names, upgrade_retro
@@ -27,7 +27,14 @@ NO_DATABASE_CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ("days-not-int", ["start", "--days", "abc"], {}, ["--days", "abc"]),
     ("days-too-large", ["start", "--days", "99999"], {}, ["--days", "99999"]),
     ("days-missing", ["start"], {}, ["--days", "missing"]),
-    ("days-env-not-int", ["start"], {"RETRO_DAYS": "abc"}, ["RETRO_DAYS", "abc"]),
+    # --days chooses what start writes: read from the command line only (docs/config.md)
+    ("days-env-refused", ["start", "--days", "3"], {"RETRO_DAYS": "14"}, ["RETRO_DAYS", "--days"]),
+    (
+        "setting-typo-in-env",
+        ["run", "--max-in-flight", "2"],
+        {"RETRO_MAX_INFLIGHT": "4"},
+        ["unknown environment variable RETRO_MAX_INFLIGHT", "did you mean RETRO_MAX_IN_FLIGHT"],
+    ),
     ("unknown-command", ["frobnicate"], {}, ["frobnicate"]),
     ("max-in-flight-zero", ["run", "--max-in-flight", "0"], {}, ["--max-in-flight", "0"]),
     (
@@ -150,14 +157,18 @@ def test_every_command_help_shows_its_env_vars(
     text = " ".join(result.stdout.split())
     options = _options(path)
     assert options, f"retro {' '.join(path)} has no options"
+    command_line_only = set(COMMAND_LINE_ONLY.values())
     for option in options:
         envvar = option.envvar
+        if f"{' '.join(path)} {'/'.join(option.opts + option.secondary_opts)}" in command_line_only:
+            assert envvar is None, f"{option.opts} acts, yet reads {envvar}"
+            continue
         assert isinstance(envvar, str), f"{option.opts} has no RETRO_* env var"
         assert envvar.startswith("RETRO_"), envvar
         assert f"env var: {envvar}" in text, f"{envvar} not shown in\n{result.stdout}"
     if path == ("start",):
-        for envvar in ("RETRO_DAYS", "RETRO_DATABASE_URL"):
-            assert f"env var: {envvar}" in text
+        assert "env var: RETRO_DATABASE_URL" in text
+        assert "RETRO_DAYS" not in text and "RETRO_DRY_RUN" not in text
     assert files(cwd) == {}
 
 

@@ -444,6 +444,24 @@ async def test_cancel_leaves_an_active_job_running_and_the_daemon_ignores_it(
             assert (await runs.audit(conn)).drifted == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_cancel_all_is_never_read_from_the_environment(tmp_path: Path, backend: Backend) -> None:
+    """``RETRO_CANCEL_ALL=1`` (the variable ``--all`` once read) cancels nothing: without
+    run ids it is a usage error, with one it is refused as an unknown variable."""
+    run_ids = asyncio.run(
+        seed_runs(backend.database_url, backend.redis_url, ["en.1"], prefix=backend.prefix)
+    )
+    env = {**backend.env(), "RETRO_CANCEL_ALL": "1"}
+    one_error_line(invoke_retro("cancel", cwd=tmp_path, env=env), "run ids or --all")
+    one_error_line(
+        invoke_retro("cancel", run_ids[0], cwd=tmp_path, env=env),
+        "unknown environment variable RETRO_CANCEL_ALL",
+        "cancel --all only from the command line",
+    )
+    states = {state for state, _, _ in asyncio.run(snapshot(backend)).values()}
+    assert states == {State.PENDING}, states
+
+
 async def test_cancel_all_beside_a_running_daemon(tmp_path: Path, backend: Backend) -> None:
     """Cancel every live run while the daemon and workers heal: each run ends done or
     cancelled, nothing is appended after a RunCancelled, and the log replays clean."""

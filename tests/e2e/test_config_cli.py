@@ -41,6 +41,8 @@ def test_defaults_in_an_empty_folder(tmp_path: Path) -> None:
     assert settings["max_in_flight"] == 1 and settings["cooldown"] == 86400.0
     assert settings["expected_predictions"] is None
     assert settings["analysis_job_id"] == "analyze-retro-{matchId}"
+    assert (settings["metrics_port"], settings["metrics_host"]) == (0, "127.0.0.1")
+    assert settings["log_format"] == "console"
     assert not (tmp_path / "retro.db").exists(), "config opened the database"
 
 
@@ -104,8 +106,114 @@ def test_precedence_option_env_dotenv_toml_default(tmp_path: Path) -> None:
     assert from_dotenv["sources"]["database_url"] == ".env"
 
 
+def test_metrics_and_log_settings_with_their_sources(tmp_path: Path) -> None:
+    """``metrics_port``, ``metrics_host`` and ``log_format`` are settings: read from
+    retro.toml, .env and the environment, shown by ``retro config`` with their source."""
+    (tmp_path / "retro.toml").write_text("metrics_port = 9464\n", encoding="utf-8")
+    (tmp_path / ".env").write_text("RETRO_METRICS_HOST=0.0.0.0\n", encoding="utf-8")
+    env = {"RETRO_LOG_FORMAT": "json"}
+    document = config_json(tmp_path, env=env)
+    settings, sources = document["settings"], document["sources"]
+    assert (settings["metrics_port"], sources["metrics_port"]) == (9464, "retro.toml")
+    assert (settings["metrics_host"], sources["metrics_host"]) == ("0.0.0.0", ".env")
+    assert (settings["log_format"], sources["log_format"]) == ("json", "env")
+
+    table = run_retro("config", cwd=tmp_path, env=env)
+    assert table.code == 0, table
+    cells = [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in table.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    rows = {row[0]: row[1:] for row in cells}
+    assert rows["metrics_port"] == ["9464", "retro.toml", "RETRO_METRICS_PORT"], rows
+    assert rows["metrics_host"] == ["0.0.0.0", ".env", "RETRO_METRICS_HOST"], rows
+    assert rows["log_format"] == ["json", "env", "RETRO_LOG_FORMAT"], rows
+
+
+def test_variables_that_are_not_settings_but_legitimate_are_accepted(tmp_path: Path) -> None:
+    """The options' own variables (collected from the command tree), the crash-point
+    variable and the test harness's are not refused (docs/config.md)."""
+    env = {
+        "RETRO_VERBOSE": "1",
+        "RETRO_JSON": "1",
+        "RETRO_CONFIG_JSON": "1",
+        "RETRO_ETA_WINDOW": "600",
+        "RETRO_CANCEL_REASON": "maintenance",
+        "RETRO_HISTORY_OF": "run",
+        "RETRO_WORKER_CONCURRENCY": "2",
+        "RETRO_WORKER_LOCK_DURATION": "10",
+        "RETRO_CRASH_AT": "",
+        "RETRO_TEST_POSTGRES_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        "RETRO_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "RETRO_REQUIRE_SERVICES": "1",
+    }
+    document = config_json(tmp_path, env=env)
+    assert set(document["sources"].values()) == {"default"}
+
+
 # (id, extra env, files in the working directory, words the error line must name)
 BAD_CASES: list[tuple[str, dict[str, str], dict[str, str], list[str]]] = [
+    (
+        "toml-typo",
+        {},
+        {"retro.toml": "max_inflight = 4\n"},
+        ["unknown setting max_inflight in retro.toml", "did you mean max_in_flight?"],
+    ),
+    (
+        "toml-table",
+        {},
+        {"retro.toml": "[retro]\nmax_in_flight = 4\n"},
+        ["retro.toml has a table [retro]", "top level"],
+    ),
+    (
+        "toml-dotted-key",
+        {},
+        {"retro.toml": "retro.max_in_flight = 4\n"},
+        ["retro.toml has a table [retro]"],
+    ),
+    (
+        "dotenv-typo",
+        {},
+        {".env": "RETRO_MAX_IN_FLIGHT=2\nRETRO_MAX_INFLIGHT=4\n"},
+        ["unknown setting RETRO_MAX_INFLIGHT in .env", "did you mean RETRO_MAX_IN_FLIGHT?"],
+    ),
+    (
+        "dotenv-no-prefix",
+        {},
+        {".env": "max_inflight=4\n"},
+        ["unknown setting max_inflight in .env", "did you mean RETRO_MAX_IN_FLIGHT?"],
+    ),
+    (
+        "dotenv-option-variable",
+        {},
+        {".env": "RETRO_VERBOSE=1\n"},
+        ["RETRO_VERBOSE in .env is not a setting"],
+    ),
+    (
+        "env-typo",
+        {"RETRO_MAX_INFLIGHT": "4"},
+        {},
+        [
+            "unknown environment variable RETRO_MAX_INFLIGHT",
+            "did you mean RETRO_MAX_IN_FLIGHT?",
+        ],
+    ),
+    (
+        "env-acting-flag",
+        {"RETRO_WATCH": "1"},
+        {},
+        ["unknown environment variable RETRO_WATCH", "status --watch only from the command line"],
+    ),
+    ("env-unrelated", {"RETRO_FOO": "1"}, {}, ["unknown environment variable RETRO_FOO"]),
+    ("toml-port", {}, {"retro.toml": "metrics_port = 70000\n"}, ["RETRO_METRICS_PORT", "65535"]),
+    ("toml-log-format", {}, {"retro.toml": 'log_format = "xml"\n'}, ["RETRO_LOG_FORMAT", "json"]),
+    (
+        "dotenv-host",
+        {},
+        {".env": "RETRO_METRICS_HOST='not a host'\n"},
+        ["RETRO_METRICS_HOST", "'not a host'", "host name"],
+    ),
     ("not-int", {"RETRO_MAX_IN_FLIGHT": "abc"}, {}, ["RETRO_MAX_IN_FLIGHT", "integer"]),
     ("zero", {"RETRO_MAX_IN_FLIGHT": "0"}, {}, ["RETRO_MAX_IN_FLIGHT", "greater than or equal"]),
     (
@@ -156,3 +264,5 @@ def test_a_bad_setting_is_one_line_and_exit_2(
 ) -> None:
     line = one_error_line(bad[case[0]], *case[3])
     assert PASSWORD not in line
+    if case[0] in ("toml-table", "env-unrelated", "dotenv-option-variable"):
+        assert "did you mean" not in line, line

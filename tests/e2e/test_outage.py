@@ -6,7 +6,6 @@ projection."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from sqlalchemy import text
 from retro.app import App
 from retro.config import Settings
 from retro.pipeline.workers import run_workers
+from tests.e2e.clirunner import clean_env
 from tests.e2e.test_crashpoints import charged_attempts
 from tests.healing import DEMO_NOW, assert_healed, seed_outage, seed_runs
 
@@ -95,7 +95,7 @@ def retro(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-m", "retro", *args],
         cwd=cwd,
-        env={**os.environ, **env},
+        env=clean_env(env),  # no caller RETRO_* (retro refuses one it does not know)
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,7 +124,7 @@ async def test_redis_outage_then_verify(tmp_path: Path, redis_server: RedisServe
                 "0.5",
             ],
             cwd=tmp_path,
-            env={**os.environ, **env},
+            env=clean_env(env),  # no caller RETRO_* (retro refuses one it does not know)
             stdout=log,
             stderr=subprocess.STDOUT,
         )

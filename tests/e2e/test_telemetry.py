@@ -111,12 +111,12 @@ async def test_metrics_health_and_json_logs_over_a_heal(
     url = f"sqlite+aiosqlite:///{tmp_path / 'host.db'}"
     seeded = await seed_runs(url, private_redis.url, ["it.1"])
     port = free_port()
-    env = {
-        "RETRO_DATABASE_URL": url,
-        "RETRO_REDIS_URL": private_redis.url,
-        "RETRO_METRICS_PORT": str(port),  # the env var; the host is the default 127.0.0.1
-    }
-    daemon = start_daemon(tmp_path, env, "--log-format", "json")
+    env = {"RETRO_DATABASE_URL": url, "RETRO_REDIS_URL": private_redis.url}
+    # settings, not options: the port and the log format from retro.toml (host: 127.0.0.1)
+    (tmp_path / "retro.toml").write_text(
+        f'metrics_port = {port}\nlog_format = "json"\n', encoding="utf-8"
+    )
+    daemon = start_daemon(tmp_path, env)
     stop = asyncio.Event()
     workers: asyncio.Task[None] | None = None
     try:
