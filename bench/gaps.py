@@ -62,7 +62,7 @@ README_INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_matches_kickoff_time ON matches (kickoff_time)",
     "CREATE INDEX IF NOT EXISTS ix_match_analysis_match_id ON match_analysis (match_id)",
     "CREATE INDEX IF NOT EXISTS ix_matches_unreadable_kickoff ON matches (id) "
-    "WHERE kickoff_time IS NULL OR kickoff_time NOT LIKE '____-__-__%'",
+    f"WHERE {gaps.UNREADABLE_KICKOFF_SQL}",
 )
 WATCHED_INDEXES = (
     "ix_matches_kickoff_time",

@@ -29,6 +29,7 @@ from retro.machine import (
     Policy,
     Run,
     State,
+    clip,
     decide,
     evolve,
     is_stale,
@@ -60,6 +61,12 @@ REFILL_PASSES = 4
 
 MAX_STEPS_PER_RUN = 16
 """Events one run may decide on one reading of the facts (a whole heal is about a dozen)."""
+
+RUN_FAILURE_LIMIT = 5
+"""Ticks in a row one run may fail to advance (an error that is neither a lost race
+nor an unreachable dependency) before the daemon gives up on it: it appends
+``RunFailed`` with the cause, or, if even that is refused, skips the run until it
+restarts (docs/production.md, "When an append fails")."""
 
 
 REPROCESS: dict[str, tuple[str, ...]] = {
@@ -166,6 +173,10 @@ class App:
         self.metrics = Metrics()
         self.job_clock = JobClock()
         self._queue_clock: tuple[datetime, float] | None = None
+        self._failures: dict[str, int] = {}
+        """Consecutive ticks each run failed to advance (cleared when it advances)."""
+        self._given_up: dict[str, str] = {}
+        """Runs this process stopped trying (even ``RunFailed`` was refused): the cause."""
 
     async def __aenter__(self) -> App:
         try:
@@ -268,11 +279,19 @@ class App:
                 try:
                     async with self.engine.begin() as conn:
                         await runs.append(conn, None, [event])
-                except runs.ConcurrencyError:
+                except runs.LiveRunExists:
                     log.info(
                         "match %s already has a live run; not seeded",
                         gap.match_id,
                         extra=run_fields(None, gap.match_id),
+                    )
+                    continue
+                except runs.AppendRejected as exc:
+                    log.error(
+                        "match %s not seeded: %s",
+                        gap.match_id,
+                        clip(exc.cause),
+                        extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
                     )
                     continue
                 seeded.append(event.run_id)
@@ -290,8 +309,9 @@ class App:
         All or nothing: every named run must exist and be ``failed``.
 
         Raises:
-            RetryRefused: an id is unknown, a run is not failed, or its match has
-                another live run; nothing is written.
+            RetryRefused: an id is unknown, a run is not failed, its match has
+                another live run, a rival wrote to it first, or the database
+                refused the event; nothing is written.
         """
         async with self.engine.begin() as conn:
             if failed:
@@ -309,10 +329,16 @@ class App:
             for run in targets:
                 try:
                     rearmed.append(await runs.rearm(conn, run, now=now))
-                except runs.ConcurrencyError:
+                except runs.LiveRunExists:
                     raise RetryRefused(
                         f"run {run.id}: match {run.match_id} already has a live run"
                     ) from None
+                except runs.ConcurrencyError:
+                    raise RetryRefused(
+                        f"run {run.id} changed while being re-armed; look again"
+                    ) from None
+                except runs.AppendRejected as exc:
+                    raise RetryRefused(f"run {run.id}: {clip(exc.cause)}") from None
         for run in rearmed:
             log.info("RunRearmed", extra=run_fields(run.id, run.match_id, None, "RunRearmed"))
         return rearmed
@@ -353,20 +379,78 @@ class App:
         return report
 
     async def _work(self, work: list[tuple[str, bool]], now: datetime, report: TickReport) -> None:
-        """Advance each ``(run id, starting)`` in turn; one run's trouble is logged,
-        not raised, unless a dependency is unreachable."""
+        """Advance each ``(run id, starting)`` in turn; one run's trouble is logged
+        at ERROR, not raised, unless a dependency is unreachable. A run that fails
+        :data:`RUN_FAILURE_LIMIT` ticks in a row is given up (:meth:`_give_up`)."""
         for run_id, starting in work:
+            if run_id in self._given_up:
+                continue  # said so once, when it was given up
             report.looked_at += 1
             try:
                 await self._advance(run_id, now, report, starting=starting)
             except Exception as exc:  # one run's trouble must not hold up the others
                 if unreachable(exc):
                     raise  # a dependency is down: every run would fail alike
-                log.exception(
-                    "run %s could not be advanced; the next tick retries",
+                failures = self._failures.get(run_id, 0) + 1
+                if failures >= RUN_FAILURE_LIMIT:
+                    self._failures.pop(run_id, None)
+                    await self._give_up(run_id, _cause(exc), failures, now, report)
+                    continue
+                self._failures[run_id] = failures
+                log.error(
+                    "run %s could not be advanced (%d of %d failures in a row; "
+                    "the next tick retries): %s",
                     run_id,
+                    failures,
+                    RUN_FAILURE_LIMIT,
+                    _cause(exc),
+                    exc_info=not isinstance(exc, runs.AppendRejected),
                     extra=run_fields(run_id),
                 )
+            else:
+                self._failures.pop(run_id, None)
+
+    async def _give_up(
+        self, run_id: str, cause: str, failures: int, now: datetime, report: TickReport
+    ) -> None:
+        """Stop trying ``run_id`` after ``failures`` failed ticks in a row: append
+        ``RunFailed`` with ``cause`` (``status`` shows it; ``retro retry`` re-arms
+        it), or, when the database refuses that too, skip the run in this process
+        until it restarts. Either way one ERROR line names the run and the cause."""
+        reason = clip(f"retro gave up after {failures} failed ticks in a row: {cause}")
+        event = RunFailed(at=now, reason=reason)
+        try:
+            async with self.engine.begin() as conn:
+                run = await runs.get(conn, run_id, wait=True)
+                if run is None or run.state in TERMINAL:
+                    return  # it ended meanwhile (a rival, an operator)
+                new = await runs.append(conn, run, [event])
+        except runs.ConcurrencyError:
+            return  # a rival moved it: it is advancing after all
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            self._given_up[run_id] = cause
+            log.error(
+                "run %s given up after %d failed ticks in a row: %s; marking it failed "
+                "was refused too (%s), so this daemon skips it until it restarts",
+                run_id,
+                failures,
+                cause,
+                _cause(exc),
+                extra=run_fields(run_id),
+            )
+            return
+        report.events.append((run_id, event))
+        report.freed += 1
+        self.metrics.appended(new.id, event)
+        log.error(
+            "run %s given up after %d failed ticks in a row: RunFailed %s",
+            run_id,
+            failures,
+            _describe(event),
+            extra=run_fields(new.id, new.match_id, run.job_id, event.TYPE),
+        )
 
     async def _advance(
         self, run_id: str, now: datetime, report: TickReport, *, starting: bool
@@ -567,9 +651,9 @@ class App:
     # --- reads --------------------------------------------------------------
 
     async def idle(self) -> bool:
-        """True when every run is terminal."""
+        """True when every run is terminal, or given up by this process (RUN_FAILURE_LIMIT)."""
         async with self.engine.connect() as conn:
-            return await runs.idle(conn)
+            return await runs.idle(conn, ignore=self._given_up)
 
     async def counts(self) -> dict[str, int]:
         """Runs by state (one query; :meth:`status` also reads jobs and workers)."""
@@ -627,6 +711,13 @@ class App:
             "database": mask_url(self.settings.database_url),
             "redis": mask_url(self.settings.redis_url),
         }
+
+
+def _cause(exc: BaseException) -> str:
+    """``exc`` on one clipped line: its type and message (an append refusal: its cause)."""
+    if isinstance(exc, runs.AppendRejected):
+        return clip(str(exc))
+    return clip(f"{type(exc).__name__}: {exc}")
 
 
 def unreachable(exc: BaseException) -> str | None:

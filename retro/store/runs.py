@@ -3,13 +3,15 @@
 ``append`` is the one write path: it inserts the events into
 ``backfill_events`` and updates the ``backfill_runs`` projection in the same
 transaction, guarded by the run's ``version``. A lost race (a rival daemon
-appended first) surfaces as :class:`ConcurrencyError`, raised here and only here.
+appended first) surfaces as :class:`ConcurrencyError`; a second live run of a
+match as :class:`LiveRunExists`; any other refusal as :class:`AppendRejected`
+(translated by constraint name in :mod:`retro.store.constraints`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,11 +34,11 @@ from retro.machine import (
     project,
     seed,
 )
+from retro.store.constraints import AppendRejected as AppendRejected  # re-exported
+from retro.store.constraints import ConcurrencyError as ConcurrencyError
+from retro.store.constraints import LiveRunExists as LiveRunExists
+from retro.store.constraints import translate
 from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
-
-
-class ConcurrencyError(RuntimeError):
-    """Another writer appended to this run first (UNIQUE(run_id, seq) or version moved)."""
 
 
 def run_row(run: Run) -> dict[str, Any]:
@@ -93,12 +95,15 @@ async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]
     """Append ``events`` to ``run``'s log and update its projection, in ``conn``'s transaction.
 
     ``run`` is the projection the events were decided on (``None`` when the
-    first event is ``RunSeeded``). The caller commits; after a
-    ``ConcurrencyError`` the caller must roll the transaction back.
+    first event is ``RunSeeded``). The caller commits; after any of the errors
+    below the caller must roll the transaction back.
 
     Raises:
-        ConcurrencyError: a rival appended first (seq taken or version moved),
-            or a live run already exists for the match (on ``RunSeeded``).
+        ConcurrencyError: a rival appended first (seq taken or version moved).
+        LiveRunExists: the match already has a live run (on ``RunSeeded`` or
+            ``RunRearmed``).
+        AppendRejected: the database refused the events for another reason
+            (a constraint or trigger retro does not own); not a race.
         IllegalTransition: an event is impossible in the run's state.
     """
     if not events:
@@ -135,8 +140,8 @@ async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]
             )
             if result.rowcount != 1:
                 raise ConcurrencyError(f"run {run.id} moved past version {run.version}")
-    except IntegrityError:
-        raise ConcurrencyError(f"run {current.id}: lost an append race") from None
+    except IntegrityError as exc:
+        raise translate(exc, current.id) from exc
     return current
 
 
@@ -277,12 +282,12 @@ async def list_runs(
     return [run_from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
-async def idle(conn: AsyncConnection) -> bool:
-    """True when no run is left that is not terminal."""
-    value = await conn.scalar(
-        select(func.count()).where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
-    )
-    return not value
+async def idle(conn: AsyncConnection, *, ignore: Collection[str] = ()) -> bool:
+    """True when no run is left that is not terminal, apart from the ``ignore`` ids."""
+    query = select(func.count()).where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
+    if ignore:
+        query = query.where(backfill_runs.c.id.not_in(sorted(ignore)))
+    return not await conn.scalar(query)
 
 
 def blocking_run_clause(cooldown_start: datetime, *, reprocess: Sequence[str] = ()) -> Any:
@@ -306,7 +311,9 @@ async def rearm(conn: AsyncConnection, run: Run, *, now: datetime) -> Run:
 
     Raises:
         IllegalTransition: the run is not ``failed``.
-        ConcurrencyError: a rival wrote first, or the match has another live run.
+        ConcurrencyError: a rival wrote first.
+        LiveRunExists: the match has another live run.
+        AppendRejected: the database refused the event for another reason.
     """
     return await append(conn, run, [RunRearmed(at=now)])
 

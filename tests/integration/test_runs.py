@@ -39,7 +39,7 @@ from retro.events import (
 )
 from retro.machine import Run, State, Step
 from retro.store import db, migrate, runs
-from retro.store.runs import ConcurrencyError
+from retro.store.runs import ConcurrencyError, LiveRunExists
 from retro.store.schema import backfill_events, backfill_runs
 from tests.conftest import Backend
 
@@ -281,7 +281,7 @@ async def test_two_appends_on_one_version_one_wins(engine: AsyncEngine) -> None:
 
 async def test_one_live_run_per_match(engine: AsyncEngine) -> None:
     first = await append(engine, None, seeded("r1", "m1"))
-    with pytest.raises(ConcurrencyError):
+    with pytest.raises(LiveRunExists):  # its own error, not a lost race
         await append(engine, None, seeded("r2", "m1", T0 + sec(1)))
     assert await event_count(engine) == 1
     assert await run_count(engine) == 1

@@ -87,3 +87,14 @@ def test_config_md_documents_every_setting() -> None:
     text = (ROOT / "docs" / "config.md").read_text("utf-8")
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", text, flags=re.M))
     assert rows == set(Settings.model_fields)
+
+
+def test_the_unreadable_kickoff_index_reads_as_the_scans_predicate() -> None:
+    """The partial index in docs/production.md is only used if its predicate is the
+    scan's own (gaps.UNREADABLE_KICKOFF_SQL), up to line breaks."""
+    from retro.store.gaps import UNREADABLE_KICKOFF_SQL
+
+    doc = (ROOT / "docs" / "production.md").read_text()
+    found = re.search(r"ix_matches_unreadable_kickoff ON matches \(id\)\s+WHERE (.*?);", doc, re.S)
+    assert found, "docs/production.md lost the unreadable-kickoff index"
+    assert " ".join(found[1].split()) == " ".join(UNREADABLE_KICKOFF_SQL.split())
