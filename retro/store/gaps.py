@@ -84,11 +84,12 @@ class Scan:
 
 KICKOFF_FORM = re.compile(
     r"[12][0-9]{3}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
 )
 """The readable ``kickoff_time`` forms (whole text, ASCII digits, no spaces around):
 ``YYYY-MM-DD``, optionally ``T`` or a space, ``HH:MM``, optional ``:SS`` with 1-6
-fraction digits, optional ``Z`` or ``±HH:MM``. The values must make a real date
+fraction digits, optional ``Z`` or an offset ``±HH:MM``, ``±HHMM`` or ``±HH`` (the
+last is PostgreSQL's own ``timestamptz`` text, e.g. ``2025-05-20 19:00:00+00``). The values must make a real date
 and time (year 1000-2999, month 01-12, a day the month has, hour 00-23, minute and second 00-59,
 offset below 24 h). :data:`READABLE_KICKOFF_SQL` states the same rule in SQL."""
 
@@ -106,7 +107,7 @@ def parse_kickoff(value: str | None) -> datetime:
     if not value:
         raise ValueError("kickoff_time is empty")
     if KICKOFF_FORM.fullmatch(value) is None:
-        raise ValueError("not ISO-8601 (YYYY-MM-DD[THH:MM[:SS[.ffffff]][Z|±HH:MM]])")
+        raise ValueError("not ISO-8601 (YYYY-MM-DD[THH:MM[:SS[.ffffff]][Z|±HH[:MM]]])")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
@@ -127,17 +128,36 @@ def _readable_sql(column: str) -> str:
     def at(start: int, length: int) -> str:
         return f"substr({column}, {start}, {length})"
 
+    # The shape: every digit as 0, an offset's sign as '-', the date/time separator
+    # as 'T' (a '+', '-' or space anywhere else then matches no shape). Fewer
+    # shapes keep the partial index's predicate under PostgreSQL's row size.
     mask = column
     for digit in "123456789":
         mask = f"replace({mask}, '{digit}', '0')"
+    mask = f"replace(replace({mask}, '+', '-'), ' ', 'T')"
     times = ["00:00", "00:00:00"] + ["00:00:00." + "0" * n for n in range(1, 7)]
     masks = ["0000-00-00"] + [
-        f"0000-00-00{sep}{time}{offset}"
-        for sep in "T "
+        f"0000-00-00T{time}{offset}"
         for time in times
-        for offset in ("", "Z", "+00:00", "-00:00")
+        for offset in ("", "Z", "-00:00", "-0000", "-00")
     ]
-    month, day, offset_at = at(6, 2), at(9, 2), f"length({column}) - 5"
+    month, day = at(6, 2), at(9, 2)
+
+    def offset_ok(sign_back: int, shortest: int) -> str:
+        """The offset whose sign stands ``sign_back`` characters before the end, in
+        texts of at least ``shortest`` characters (shorter ones cannot hold it):
+        hours 00-23 and, when it has minutes, their tens 0-5."""
+        sign = f"length({column}) - {sign_back}"
+        minutes = (
+            f" AND {among(f'substr({column}, length({column}) - 1, 1)', list('012345'))}"
+            if sign_back > 2
+            else ""
+        )
+        return (
+            f"(length({column}) < {shortest} OR substr({column}, {sign}, 1) NOT IN ('+', '-')"
+            f" OR ({among(f'substr({column}, {sign} + 1, 2)', two(0, 23))}{minutes}))"
+        )
+
     leap = (
         f"({among(at(3, 2), [f'{n:02d}' for n in range(4, 100, 4)])}"
         f" OR ({at(3, 2)} = '00' AND {among(at(1, 2), [f'{n:02d}' for n in range(0, 100, 4)])}))"
@@ -156,9 +176,9 @@ def _readable_sql(column: str) -> str:
         f"(length({column}) = 10 OR {among(at(12, 2), two(0, 23))})",
         f"(length({column}) = 10 OR {among(at(15, 1), list('012345'))})",
         f"({at(17, 1)} <> ':' OR {among(at(18, 1), list('012345'))})",
-        f"(length({column}) < 22 OR substr({column}, {offset_at}, 1) NOT IN ('+', '-')"
-        f" OR ({among(f'substr({column}, {offset_at} + 1, 2)', two(0, 23))}"
-        f" AND {among(f'substr({column}, length({column}) - 1, 1)', list('012345'))}))",
+        offset_ok(5, 22),  # ±HH:MM
+        offset_ok(4, 21),  # ±HHMM
+        offset_ok(2, 19),  # ±HH
     ]
     return "(" + " AND ".join(conditions) + ")"
 

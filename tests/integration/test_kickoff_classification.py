@@ -66,10 +66,18 @@ def _form_ok(value: str) -> bool:
     body = rest[1:]
     if body.endswith("Z"):
         body = body[:-1]
-    elif len(body) >= 6 and body[-6] in "+-":
+    elif len(body) >= 6 and body[-6] in "+-":  # ±HH:MM
         if not _hhmm(body[-5:]):
             return False
         body = body[:-6]
+    elif len(body) >= 5 and body[-5] in "+-":  # ±HHMM
+        if not _digits(body[-4:]):
+            return False
+        body = body[:-5]
+    elif len(body) >= 3 and body[-3] in "+-":  # ±HH
+        if not _digits(body[-2:]):
+            return False
+        body = body[:-3]
     return _time_ok(body)
 
 
