@@ -89,9 +89,10 @@ KICKOFF_FORM = re.compile(
 """The readable ``kickoff_time`` forms (whole text, ASCII digits, no spaces around):
 ``YYYY-MM-DD``, optionally ``T`` or a space, ``HH:MM``, optional ``:SS`` with 1-6
 fraction digits, optional ``Z`` or an offset ``±HH:MM``, ``±HHMM`` or ``±HH`` (the
-last is PostgreSQL's own ``timestamptz`` text, e.g. ``2025-05-20 19:00:00+00``). The values must make a real date
-and time (year 1000-2999, month 01-12, a day the month has, hour 00-23, minute and second 00-59,
-offset below 24 h). :data:`READABLE_KICKOFF_SQL` states the same rule in SQL."""
+last is PostgreSQL's own ``timestamptz`` text, e.g. ``2025-05-20 19:00:00+00``).
+The values must make a real date and time (year 1000-2999, month 01-12, a day the
+month has, hour 00-23, minute and second 00-59, offset below 24 h).
+:data:`READABLE_KICKOFF_SQL` states the same rule in SQL."""
 
 
 def parse_kickoff(value: str | None) -> datetime:
