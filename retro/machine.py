@@ -303,7 +303,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if run.state in TERMINAL:
         return None
     if not facts.match_found:
-        return RunFailed(at=now, reason=f"match {run.match_id} no longer exists")
+        return RunFailed(at=now, reason=clip(f"match {run.match_id} no longer exists"))
     if facts.match_status in CALLED_OFF_STATUSES:
         return RunCancelled(at=now, reason=f"match {facts.match_status}")
     if facts.match_status not in PLAYABLE_STATUSES:
