@@ -17,6 +17,13 @@ bullmq, SQLAlchemy and APScheduler already log through.
 Masking: a filter masks the message and every string field, and both formatters mask
 the finished line again (tracebacks included), so a ``scheme://user:password@`` never
 reaches stderr in either format.
+
+Outside text (match ids, team names, workers' failure reasons) never forges a line:
+``console`` escapes every non-printable character of the message and of each field
+visibly (``\\n``, ``\\x1b``, ``\\u2028``, see :func:`retro.text.escape`) and indents a
+traceback's lines, so every line that starts at column 0 is a record's own; ``json``
+leaves the text to the JSON encoder and escapes what it leaves raw (U+2028, C1)
+with :func:`retro.text.json_safe`, so each record stays one valid JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 from retro.config import mask
+from retro.text import escape, json_safe
 
 LOG_FORMATS = ("console", "json")
 """Values of ``--log-format`` / ``RETRO_LOG_FORMAT``."""
@@ -74,11 +82,25 @@ class Masking(logging.Filter):
 class ConsoleFormatter(logging.Formatter):
     """The human line (:data:`CONSOLE_FORMAT`) plus `` key=value`` per field.
 
-    A value with spaces, quotes or ``=`` is JSON-quoted so the line stays splittable.
+    A value with spaces, quotes, ``=`` or a non-printable character is JSON-quoted
+    (escaped) so the line stays splittable; the message is escaped; a traceback
+    follows on lines indented by :data:`INDENT`.
     """
 
     def __init__(self) -> None:
         super().__init__(CONSOLE_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The head of the line, its outside text escaped onto one line."""
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, each line indented and escaped."""
+        return _continued(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        """The stack, each line indented and escaped."""
+        return _continued(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
         """The masked line."""
@@ -91,10 +113,18 @@ class ConsoleFormatter(logging.Formatter):
         return mask(line)
 
 
+INDENT = "    "
+"""Prefix of a traceback's lines in ``console`` logs: only a record starts at column 0."""
+
+
+def _continued(text: str) -> str:
+    return "\n".join(INDENT + escape(line) for line in text.split("\n"))
+
+
 def _console_value(value: object) -> str:
     text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text):
-        return json.dumps(text, ensure_ascii=False)
+    if not text or not text.isprintable() or any(c in ' "=' for c in text):
+        return json_safe(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -114,6 +144,10 @@ class JsonLineFormatter(_JsonFormatter):
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         """Put ``ts`` first."""
         return {"ts": log_data.pop("ts", None), **log_data}
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        """The JSON text, with what the encoder leaves raw (U+2028, C1) escaped."""
+        return json_safe(super().jsonify_log_record(log_data))
 
     def format(self, record: logging.LogRecord) -> str:
         """The masked JSON line."""

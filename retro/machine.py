@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from transitions import Machine
 
+from retro import jobids
 from retro.events import (
     REQUESTED,
     AnalysisCompleted,
@@ -36,6 +37,7 @@ from retro.events import (
     SettlementCompleted,
     SettlementSkipped,
 )
+from retro.text import escape
 
 
 class State(StrEnum):
@@ -220,7 +222,8 @@ class Policy:
     """Retry and budget rules: seconds throughout; job ids per phase from templates.
 
     ``job_ids`` maps a phase to a template with ``{matchId}``, e.g.
-    ``analyze-retro-{matchId}`` (DESIGN §1).
+    ``analyze-retro-{matchId}`` (DESIGN §1); the match id goes in encoded
+    (:func:`retro.jobids.encode`: ``%``, ``:`` and control characters as ``%XX``).
     """
 
     max_attempts: int = 3
@@ -241,8 +244,9 @@ class Policy:
     )
 
     def job_id(self, phase: Phase, match_id: str) -> str:
-        """The deterministic job id of ``phase`` for ``match_id``."""
-        return self.job_ids[phase].format(matchId=match_id)
+        """The deterministic job id of ``phase`` for ``match_id`` (encoded:
+        ``epl:2024:1`` → ``analyze-retro-epl%3A2024%3A1``)."""
+        return jobids.job_id(self.job_ids[phase], match_id)
 
     def backoff(self, attempt: int) -> timedelta:
         """Delay before attempt ``attempt + 1``: ``retry_backoff · 2^(attempt-1)`` seconds."""
@@ -254,8 +258,9 @@ REASON_LIMIT = 500
 
 
 def clip(reason: str) -> str:
-    """``reason`` on one line, at most :data:`REASON_LIMIT` characters."""
-    one_line = " ".join(reason.split())
+    """``reason`` on one line, at most :data:`REASON_LIMIT` characters: outer blanks
+    stripped, line breaks and other control characters escaped visibly (``\\n``)."""
+    one_line = escape(reason.strip())
     if len(one_line) <= REASON_LIMIT:
         return one_line
     return one_line[: REASON_LIMIT - 1] + "…"
@@ -305,7 +310,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if run.state in TERMINAL:
         return None
     if not facts.match_found:
-        return RunFailed(at=now, reason=f"match {run.match_id} no longer exists")
+        return RunFailed(at=now, reason=clip(f"match {run.match_id} no longer exists"))
     if facts.match_status in CALLED_OFF_STATUSES:
         return RunCancelled(at=now, reason=f"match {facts.match_status}")
     if facts.match_status not in PLAYABLE_STATUSES:
@@ -421,8 +426,14 @@ def backoff_over(not_before: datetime | None, attempt: int, now: datetime, polic
     return not_before - now > policy.backoff(attempt)
 
 
-def _request(phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy) -> Requested:
-    return REQUESTED[phase](at=now, job_id=policy.job_id(phase, run.match_id), attempt=attempt)
+def _request(
+    phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy
+) -> Requested | RunFailed:
+    job_id = policy.job_id(phase, run.match_id)
+    if (rule := jobids.refusal(job_id)) is not None:  # never reaches Redis
+        reason = f"match id {run.match_id!r} gives job id {job_id!r}: {rule}"
+        return RunFailed(at=now, reason=clip(reason))
+    return REQUESTED[phase](at=now, job_id=job_id, attempt=attempt)
 
 
 def seed(event: RunSeeded) -> Run:

@@ -18,14 +18,16 @@ from retro.machine import State
 from retro.ops import CancelReport, History
 from retro.progress import Progress
 from retro.store.runs import Audit, EventRow
+from retro.text import json_safe
 
 STATES = tuple(str(s) for s in State)
 """Every run state, in the order of a run's life."""
 
 
 def dumps(document: dict[str, Any]) -> str:
-    """``document`` as indented JSON text (keys in the order built, UTF-8 kept)."""
-    return json.dumps(document, indent=2, ensure_ascii=False)
+    """``document`` as indented JSON text (keys in the order built, UTF-8 kept; the
+    line breaks and controls the encoder leaves raw, such as U+2028, escaped)."""
+    return json_safe(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 def iso(instant: datetime | None) -> str | None:

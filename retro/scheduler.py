@@ -19,7 +19,6 @@ import fcntl
 import logging
 import math
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import IO
 
 from sqlalchemy.engine import make_url
 
+from retro import jobids
 from retro.app import App, TickReport, unreachable
 from retro.config import error_line
 
@@ -145,12 +145,7 @@ class Daemon:
         self._tick_lock = asyncio.Lock()
         self._scan_due = False
         self._outage = Outage(ceiling=self.settings.tick_interval)
-        self._job_ids = re.compile(  # retro's own job ids, from the configured templates
-            "|".join(
-                re.escape(template).replace(re.escape("{matchId}"), ".+")
-                for template in app.policy.job_ids.values()
-            )
-        )
+        self._job_ids = jobids.pattern(app.policy.job_ids.values())  # retro's own job ids
 
     async def run_once(self) -> TickReport:
         """Exactly one tick, at the clock's ``now``."""

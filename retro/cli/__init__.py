@@ -43,6 +43,7 @@ from retro.report import dumps, start_json, status_json, verify_json
 from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
 from retro.store.db import StoreError, require_sqlite_file
 from retro.store.runs import Audit
+from retro.text import escape
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -51,8 +52,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print ``retro: error: message`` (masked, one line) to stderr and exit with ``code``."""
-    line = " ".join(mask(message).split())
+    """Print ``retro: error: message`` (masked, one line, other control characters
+    escaped) to stderr and exit with ``code``."""
+    line = escape(" ".join(mask(message).split()))
     err.print(f"retro: error: {line}", markup=False, soft_wrap=True)
     raise SystemExit(code)
 

@@ -1,4 +1,11 @@
-"""Rendering of the CLI's reports with Rich (tables on stdout)."""
+"""Rendering of the CLI's reports with Rich (tables on stdout).
+
+Text from outside retro (match ids, team names, statuses, job ids, failure reasons,
+event data, run ids typed by the operator) goes into a :class:`~rich.text.Text` built
+by :func:`shown`: escaped onto one line (:func:`retro.text.escape`) and never read as
+Rich markup, so a team named ``[red]x`` or a reason holding a newline cannot forge a
+row or a line.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +24,18 @@ from retro.demo.scenario import DemoReport
 from retro.machine import TERMINAL, State
 from retro.ops import CancelReport, History
 from retro.progress import describe_eta, short_eta
+from retro.text import escape
 
 PIPED_WIDTH = 160
 """Table width when output is not a terminal (logs, cron mail): ids stay whole."""
 out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def shown(text: object) -> Text:
+    """``text`` as a Rich ``Text`` on one line: masked, non-printable characters
+    escaped (``\\n``), no markup."""
+    return Text(escape(mask(str(text))))
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -42,7 +56,7 @@ def render_start(report: SeedReport) -> None:
         f"{scan.expected} predictions expected per match."
     )
     for row in scan.skipped:
-        err.print(f"retro: skipped match {row.match_id}: {row.reason}", markup=False)
+        err.print(shown(f"retro: skipped match {row.match_id}: {row.reason}"))
     if scan.gaps:
         table = Table(
             "match",
@@ -57,11 +71,11 @@ def render_start(report: SeedReport) -> None:
         )
         for gap in scan.gaps[:50]:
             table.add_row(
-                gap.match_id,
-                gap.home_team or "",
-                gap.away_team or "",
+                shown(gap.match_id),
+                shown(gap.home_team or ""),
+                shown(gap.away_team or ""),
                 _when(gap.kickoff),
-                gap.status,
+                shown(gap.status),
                 ", ".join(str(k) for k in gap.kinds),
                 f"{gap.found}/{gap.expected}",
             )
@@ -141,13 +155,13 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
             if item.waiting_for_worker:
                 job = f"{job}: no worker consuming {item.waiting_for_worker}"
             table.add_row(
-                run.id,
-                run.match_id,
-                f"{item.home_team} v {item.away_team}",
+                shown(run.id),
+                shown(run.match_id),
+                shown(f"{item.home_team} v {item.away_team}"),
                 str(run.phase),
                 str(run.attempt),
-                run.job_id or "-",
-                job,
+                shown(run.job_id or "-"),
+                shown(job),
                 f"{(now - since).total_seconds():.0f} s",
             )
         parts.append(table)
@@ -155,10 +169,10 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
         table = Table("run", "match", "failed at", "reason", title="Failed (most recent first)")
         for run in report.failed:
             table.add_row(
-                run.id,
-                run.match_id,
+                shown(run.id),
+                shown(run.match_id),
                 _when(run.finished_at) if run.finished_at else "-",
-                Text(mask(run.last_error or "-")),
+                shown(run.last_error or "-"),
             )
         parts.append(table)
     if report.workers:
@@ -171,7 +185,7 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
     parts.append(Text("Database: reachable"))
     if report.redis_error:
         parts.append(
-            Text(f"Redis: UNREACHABLE ({report.redis_error}); job states and workers unknown")
+            shown(f"Redis: UNREACHABLE ({report.redis_error}); job states and workers unknown")
         )
     else:
         parts.append(Text("Redis: reachable"))
@@ -204,7 +218,7 @@ class WatchView:
         self.refreshes += 1
         self._at = now.strftime("%H:%M:%S")
         if report is None:
-            self._body = [Text(f"refresh failed: {mask(error or 'unknown error')}")]
+            self._body = [shown(f"refresh failed: {error or 'unknown error'}")]
             return
         if report.progress is not None:
             p = report.progress
@@ -235,7 +249,7 @@ def _secs(value: float) -> str:
 def render_history(found: History) -> None:
     """Each run's events: seq, time (UTC), time since the previous event, type, data."""
     if found.resolved_as == "match":
-        out.print(Text(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"))
+        out.print(shown(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"))
     for item in found.runs:
         run, events = item.run, item.events
         total = (events[-1].at - events[0].at).total_seconds() if events else 0.0
@@ -245,7 +259,7 @@ def render_history(found: History) -> None:
             "+since prev",
             "event",
             "data",
-            title=Text(
+            title=shown(
                 f"Run {run.id} (match {run.match_id}): {run.state}, "
                 f"{plural(len(events), 'event')} over {_secs(total)}"
             ),
@@ -256,8 +270,8 @@ def render_history(found: History) -> None:
                 str(event.seq),
                 event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
                 "-" if previous is None else "+" + _secs((event.at - previous.at).total_seconds()),
-                event.type,
-                Text(_compact(event.data)),
+                shown(event.type),
+                shown(_compact(event.data)),
             )
             previous = event
         out.print(table)
@@ -280,9 +294,9 @@ def render_cancel(report: CancelReport) -> None:
             )
         else:
             line += f": job {item.job_id} is {item.job_state}, nothing to remove"
-        out.print(Text(line))
+        out.print(shown(line))
     for run in report.ended_first:
-        out.print(Text(f"Run {run.id} (match {run.match_id}) ended {run.state} before the cancel"))
+        out.print(shown(f"Run {run.id} (match {run.match_id}) ended {run.state} before the cancel"))
     out.print(
         f"Cancelled {plural(len(report.cancelled), 'run')}"
         + (f"; {len(report.ended_first)} had already ended." if report.ended_first else ".")
@@ -306,7 +320,7 @@ def render_demo(report: DemoReport) -> None:
         f"in {report.seconds:.1f} s."
     )
     for run in report.failed:
-        out.print(f"  failed {run.id} (match {run.match_id}): {run.last_error}", markup=False)
+        out.print(shown(f"  failed {run.id} (match {run.match_id}): {run.last_error}"))
     out.print(
         f"Event log: {report.events} events replay to the stored projection of every run "
         f"({report.drift} drifted)."
@@ -320,7 +334,9 @@ def render_demo(report: DemoReport) -> None:
         title=f"Leaderboard (top 10 of {len(report.leaderboard)} models, healed data included)",
     )
     for rank, row in enumerate(report.leaderboard[:10], 1):
-        board.add_row(str(rank), row.display_name, str(row.scored), str(row.points), str(row.exact))
+        board.add_row(
+            str(rank), shown(row.display_name), str(row.scored), str(row.points), str(row.exact)
+        )
     out.print(board)
 
 

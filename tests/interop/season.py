@@ -108,9 +108,15 @@ GAPS: tuple[GapMatch, ...] = (
         (U,),
     ),
     GapMatch("s-short", 9.5, "z", "finished", (1, 2), "away", {}, (P,)),
+    GapMatch("epl:2024:123", 1.5, "z", "finished", (2, 2), False, {}, (A, P)),
+    GapMatch("n-all:logs", 2.5, "ms_z", "finished", (0, 1), False, {}, (A, P)),
 )
 """The gap matches. ``f-*`` fail once in the named stage, ``s-short`` writes one
-prediction on its first predictions job (see the test's worker settings)."""
+prediction on its first predictions job (see the test's worker settings).
+``epl:2024:123`` holds ``:`` (Node bullmq refuses such a custom job id) and
+``n-all:logs`` would, as a raw job id, be the logs list of ``n-all``'s job: retro
+encodes both into their job ids (docs/config.md, "Job-id formats")."""
+COLON_IDS = ("epl:2024:123", "n-all:logs")
 
 NOT_GAPS = ("c-complete", "x-upcoming", "x-postponed")
 

@@ -12,15 +12,18 @@ throws once is a ``JobFailed`` and a retry, a job that completes short is a
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from bullmq import Job, Queue
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from retro import jobids
 from retro.events import (
     AnalysisCompleted,
     AnalysisRequested,
@@ -44,6 +47,7 @@ from retro.pipeline.scoring import settle
 from retro.queue import JOB_ID_FORMATS
 from retro.store import host, runs
 from retro.store.db import create_engine
+from retro.store.host_rows import JobLogEntry
 from retro.store.schema import backfill_runs, match_analysis, matches, predictions
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, run_retro
@@ -307,17 +311,50 @@ async def test_node_workers_heal_every_gap(
     # phase was completed by a Node worker of this bullmq version.
     final = {
         "analysis-queue": [
-            f"analyze-retro-{g.match_id}" for g in gaps if "missing_analysis" in g.kinds
+            retro_job_id(Phase.ANALYSIS, g.match_id) for g in gaps if "missing_analysis" in g.kinds
         ],
-        "settlement-queue": [f"settle-retro-{g.match_id}" for g in gaps if g.settleable],
+        "settlement-queue": [
+            retro_job_id(Phase.SETTLEMENT, g.match_id) for g in gaps if g.settleable
+        ],
     }
     for job_id, value in (await node_results(backend, final)).items():
         assert isinstance(value, dict) and value.get("by") == "node", (job_id, value)
         assert value.get("bullmq") == bullmq_version, (job_id, value)
+    await assert_colon_ids_encoded(backend, by_match, journal)
     output = node_output(workers)
     assert "protocol:" not in output, output
     assert "worker error" not in output, output
     print(f"node bullmq {bullmq_version} healed {len(gaps)} gap matches")
+
+
+def retro_job_id(phase: Phase, match_id: str) -> str:
+    """retro's job id of ``match_id`` in ``phase`` (the match id percent-encoded)."""
+    return jobids.job_id(JOB_ID_FORMATS[phase], match_id)
+
+
+async def assert_colon_ids_encoded(
+    backend: Backend, by_match: dict[str, list[Event]], journal: list[JobLogEntry]
+) -> None:
+    """The documented handling of match ids BullMQ cannot carry raw (docs/config.md):
+    ``epl:2024:123`` and ``n-all:logs`` were healed (above) under encoded job ids,
+    which the Node workers checked against their own encoder; the payload kept the raw
+    id; and ``n-all``'s logs list, which ``n-all:logs`` raw would have hit, is intact."""
+    expected = {"epl:2024:123": "epl%3A2024%3A123", "n-all:logs": "n-all%3Alogs"}
+    assert set(season.COLON_IDS) == set(expected)
+    for match_id, encoded in expected.items():
+        requested = [e.job_id for e in by_match[match_id] if isinstance(e, Requested)]
+        assert requested, by_match[match_id]
+        assert all(":" not in j and encoded in j for j in requested), requested
+        assert {e.job_id for e in journal if e.match_id == match_id} == set(requested)
+    redis = Redis.from_url(backend.redis_url, decode_responses=True)
+    try:
+        key = f"{backend.prefix}:analysis-queue:analyze-retro-n-all"
+        assert await redis.type(f"{key}:logs") == "list"  # Node logged on n-all's job
+        assert await redis.type(f"{key}%3Alogs") == "hash"  # n-all:logs' own job
+        data = await redis.hget(f"{key}%3Alogs", "data")
+        assert data is not None and json.loads(data)["matchId"] == "n-all:logs"  # raw
+    finally:
+        await redis.aclose()
 
 
 async def test_node_failure_that_persists_fails_the_run(

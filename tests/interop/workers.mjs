@@ -89,6 +89,20 @@ async function tx(fn) {
 
 // --- wire format ---------------------------------------------------------------------
 
+// retro's documented job-id encoding (docs/config.md, "Job-id formats"), written here
+// independently: '%', ':' and every control, format, surrogate or separator character
+// (Unicode Cc, Cf, Cs, Zs, Zl, Zp) as %XX per UTF-8 byte, upper-case; the rest unchanged.
+const ENCODED = /[%:\p{Cc}\p{Cf}\p{Cs}\p{Zs}\p{Zl}\p{Zp}]/u;
+function encodeMatchId(matchId) {
+  let out = '';
+  for (const ch of matchId) {
+    out += ENCODED.test(ch)
+      ? [...Buffer.from(ch, 'utf8')].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join('')
+      : ch;
+  }
+  return out;
+}
+
 class ProtocolError extends Error {
   constructor(message) {
     super(`protocol: ${message}`);
@@ -113,7 +127,7 @@ function checkJob(phase, job, shape) {
       throw new ProtocolError(`payload ${key}=${JSON.stringify(data[key])} is not valid`);
     }
   }
-  if (job.id !== JOB_IDS[phase] + data.matchId) {
+  if (job.id !== JOB_IDS[phase] + encodeMatchId(data.matchId)) {
     throw new ProtocolError(`job id ${job.id} for match ${data.matchId}`);
   }
   if (job.opts.priority !== PRIORITY) {
@@ -408,6 +422,8 @@ function processor(phase, stage) {
     const started = new Date().toISOString();
     const matchId = job.data && job.data.matchId;
     try {
+      // As hosts do: a line in the job's own logs list, {prefix}:{queue}:{jobId}:logs.
+      await job.log(`${env.WORKER_NAME || 'node-host'} took ${job.name} for match ${JSON.stringify(matchId)}`);
       if (FAIL_ALWAYS.has(`${phase}:${matchId}`)) throw new Error('node says no, always');
       if (FAIL_ONCE.has(`${phase}:${matchId}`) && !(await ranBefore(phase, matchId, 'error: node says no'))) {
         throw new Error('node says no');

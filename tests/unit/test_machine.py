@@ -849,7 +849,8 @@ def test_every_live_step_has_a_next_check() -> None:
     ("reason", "expected"),
     [
         ("boom", "boom"),
-        ("  line one\nline two\r\n\tthree  ", "line one line two three"),
+        ("  line one\nline two\r\n\tthree  ", "line one\\nline two\\r\\n\\tthree"),
+        ("ansi \x1b[31mred\u2028x", "ansi \\x1b[31mred\\u2028x"),
         ("x" * REASON_LIMIT, "x" * REASON_LIMIT),
         ("x" * (REASON_LIMIT + 1), "x" * (REASON_LIMIT - 1) + "…"),
         ("", ""),
@@ -861,7 +862,7 @@ def test_clip(reason: str, expected: str) -> None:
 
 def test_clip_keeps_long_multiline_reasons_on_one_line_within_the_limit() -> None:
     clipped = clip("error\n" * 1000)
-    assert "\n" not in clipped
+    assert "\n" not in clipped and clipped.startswith("error\\nerror\\n")
     assert len(clipped) == REASON_LIMIT
     assert clipped.endswith("…")
 
