@@ -374,6 +374,8 @@ class App:
             await self._work([(r, True) for r in pending], now, report)
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
+        for gone in set(self._wait_said) - set(self._waits):
+            del self._wait_said[gone]  # ended, or no longer waiting: said again if it recurs
         self.metrics.waited(self._waits.values(), self.queues.names.values() if self.queues else ())
         self.metrics.ticked()
         return report
