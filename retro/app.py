@@ -20,19 +20,23 @@ from retro.clock import JobClock
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
-from retro.events import Event, Phase, Requested, RunFailed, RunSeeded
+from retro.events import Event, JobReenqueued, Phase, Requested, RunFailed, RunSeeded
 from retro.logs import run_fields
 from retro.machine import (
     TERMINAL,
     Facts,
+    JobMeaning,
+    JobState,
     JobView,
     Policy,
     Run,
     State,
+    Waiting,
     clip,
     decide,
     evolve,
     is_stale,
+    why_waiting,
 )
 from retro.metrics import Metrics
 from retro.progress import DEFAULT_WINDOW, Progress, measure
@@ -85,6 +89,9 @@ def policy_from(settings: Settings) -> Policy:
     """The machine's :class:`Policy` from ``settings``."""
     return Policy(
         max_attempts=settings.max_attempts,
+        max_reenqueues=settings.max_reenqueues,
+        queue_wait_charged=settings.queue_wait_charged,
+        queue_wait_budgets={phase: settings.queue_wait(phase) for phase in Phase},
         retry_backoff=settings.retry_backoff,
         budgets={phase: settings.phase_timeout(phase) for phase in Phase},
         job_ids=job_id_formats(settings),
@@ -116,13 +123,15 @@ class TickReport:
 
 @dataclass(frozen=True)
 class InFlight:
-    """An in-flight run for ``status``; ``waiting_for_worker`` names an idle queue."""
+    """An in-flight run for ``status``; ``waiting_for_worker`` names an idle queue;
+    ``waiting`` says how long and why its job waits for a worker (schedule-to-start)."""
 
     run: Run
     home_team: str | None
     away_team: str | None
     job_state: str | None
     waiting_for_worker: str | None
+    waiting: Waiting | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,11 @@ class App:
         self.queues: Queues | None = None
         self.redis_warning: str | None = None
         self._warned: set[tuple[str, str | None, int]] = set()
+        self._wait_said: dict[str, tuple[str | None, str]] = {}
+        """Run id -> (job id, wait reason) last logged: one line per change."""
+        self._unrecognized_said: set[tuple[str, str]] = set()
+        self._waits: dict[str, Waiting] = {}
+        """Run id -> its job's wait, as seen in the current tick (for the metrics)."""
         self.crash = crash if crash is not None else CrashPoints()
         self.metrics = Metrics()
         self.job_clock = JobClock()
@@ -358,6 +372,7 @@ class App:
         :data:`REFILL_PASSES` times), instead of leaving them to another tick.
         """
         report = TickReport()
+        self._waits = {}
         async with self.engine.connect() as conn:
             due = await runs.due(
                 conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
@@ -375,6 +390,9 @@ class App:
             await self._work([(r, True) for r in pending], now, report)
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
+        for gone in set(self._wait_said) - set(self._waits):
+            del self._wait_said[gone]  # ended, or no longer waiting: said again if it recurs
+        self.metrics.waited(self._waits.values(), self.queues.names.values() if self.queues else ())
         self.metrics.ticked()
         return report
 
@@ -492,8 +510,8 @@ class App:
                     if following.job_id != current.job_id:
                         facts = replace(facts, job=None, workers=None)  # that job is behind us
                     current = following
-                    if isinstance(event, Requested) or current.state in TERMINAL:
-                        break
+                    if isinstance(event, Requested | JobReenqueued) or current.state in TERMINAL:
+                        break  # its effect comes after the commit
                 if not batch:
                     if facts.job is not None and match is not None:
                         await self._recover_job(run, facts.job, match)
@@ -509,8 +527,8 @@ class App:
         before = run
         for event in batch:
             after = evolve(before, event)
-            if isinstance(event, Requested):
-                self.job_clock.requested(event.job_id)
+            if isinstance(event, Requested | JobReenqueued):
+                self.job_clock.requested(event.job_id)  # a new job: its wait starts now
             report.events.append((run_id, event))
             self.metrics.appended(new.id, event)
             log.log(
@@ -547,7 +565,7 @@ class App:
                     fresh, run.match_id, expected_override=self.settings.expected_predictions
                 )
 
-        job = workers = None
+        job = workers = paused = None
         if run.job_id is not None and run.phase is not None:
             phase, job_id = run.phase, run.job_id
             state = await queues.job_state(phase, job_id)
@@ -557,15 +575,49 @@ class App:
             )
             job = self._job_ages(job_id, job, queue_now)
             waited = job.waiting_for or 0.0
-            if job.state == "active" or (
-                job.state in ("waiting", "prioritized") and waited >= self.settings.tick_interval
+            if job.meaning is JobMeaning.PROGRESSING or (
+                job.meaning is JobMeaning.WAITING and waited >= self.settings.tick_interval
             ):  # CLIENT LIST only where it matters, not on every fresh hand-off
                 workers = await queues.worker_count(phase)
+                if job.meaning is JobMeaning.WAITING:
+                    paused = await queues.is_paused(phase)
+            self._note_job(run, job, workers, paused)
         else:
             match = await data()
         self._warn_if_unconsumed(run, job, workers)
         self.metrics.job_seen(run, job)
-        return _facts(match, job, workers), match
+        facts = _facts(match, job, workers)
+        return replace(facts, queue_paused=paused), match
+
+    def _note_job(self, run: Run, job: JobView, workers: int | None, paused: bool | None) -> None:
+        """Say once per run that BullMQ gave a state retro does not know, and once per
+        change why its job waits (schedule-to-start); keep the wait for the metrics."""
+        assert run.phase is not None and self.queues is not None
+        fields = run_fields(run.id, run.match_id, run.job_id)
+        if job.unrecognized and (run.id, job.unrecognized) not in self._unrecognized_said:
+            self._unrecognized_said.add((run.id, job.unrecognized))
+            log.warning(
+                "job %s has a BullMQ state retro does not know (%r): treated as waiting",
+                run.job_id,
+                job.unrecognized,
+                extra=fields,
+            )
+        reason = why_waiting(job, workers=workers, paused=paused)
+        if reason is None or job.waiting_for is None:
+            self._wait_said.pop(run.id, None)
+            return
+        wait = Waiting(
+            queue=self.queues.names[run.phase],
+            seconds=job.waiting_for,
+            reason=reason,
+            budget=self.policy.queue_wait_budgets[run.phase],
+        )
+        self._waits[run.id] = wait
+        said = (run.job_id, f"{wait.reason}{'+over' if wait.over_budget else ''}")
+        if wait.notable and self._wait_said.get(run.id) != said:
+            self._wait_said[run.id] = said
+            level = logging.WARNING if wait.over_budget else logging.INFO
+            log.log(level, "job %s %s", run.job_id, wait.text, extra=fields)
 
     def _job_ages(self, job_id: str, job: JobView, queue_now: datetime | None) -> JobView:
         """``job`` with ``active_for``/``waiting_for`` measured (:class:`JobClock`):
@@ -599,7 +651,7 @@ class App:
         assert self.queues is not None
         if isinstance(event, Requested):
             view = await self.queues.clear_stale(event.PHASE, event.job_id)
-            if view.state != "unknown":
+            if view.state is not JobState.UNKNOWN:
                 return replace(event, adopted_created_at=view.created_at)
         elif run.job_id and run.phase and evolve(run, event).job_id != run.job_id:
             if job is None or job.state not in FINISHED_STATES:
@@ -607,8 +659,11 @@ class App:
         return event
 
     def _warn_if_unconsumed(self, run: Run, job: JobView | None, workers: int | None) -> None:
-        """Log once per job id and attempt that a job sits on a queue nobody consumes."""
-        if job is None or workers != 0 or run.phase is None or self.queues is None:
+        """Log once per job id and attempt that an active job's queue has no worker left
+        (its holder died); a waiting job's reason is logged by :meth:`_note_job`."""
+        if job is None or job.meaning is not JobMeaning.PROGRESSING or workers != 0:
+            return
+        if run.phase is None or self.queues is None:
             return
         key = (run.id, run.job_id, run.attempt)
         if key in self._warned:
@@ -623,30 +678,33 @@ class App:
         )
 
     async def _recover_job(self, run: Run, job: JobView, match: MatchFacts) -> None:
-        """Re-perform step 3 for a job BullMQ does not hold for this attempt: never
-        enqueued (crash after the intent), lost (Redis wiped), or a stale leftover
-        of an earlier attempt (DESIGN §4.3-4.4). Costs no attempt."""
+        """Re-perform step 3 for a stale leftover of an earlier attempt (a finished
+        job, e.g. restored from a snapshot: DESIGN §4.1): remove it and enqueue anew.
+        Costs no attempt. A lost job is the machine's call (``JobReenqueued``)."""
         assert self.queues is not None and run.phase is not None and run.job_id is not None
-        if is_stale(run, job):
-            await self.queues.remove_finished(run.phase, run.job_id)
-        elif job.state != "unknown":
+        if not is_stale(run, job):
             return
+        await self.queues.remove_finished(run.phase, run.job_id)
         await self.queues.enqueue(run.phase, run.job_id, job_payload(run.phase, match))
         self.job_clock.requested(run.job_id)
         log.info(
-            "job %s re-enqueued (job was %s)",
+            "job %s re-enqueued (job was a stale %s leftover)",
             run.job_id,
             job.state,
             extra=run_fields(run.id, run.match_id, run.job_id),
         )
 
     async def _effect(self, event: Event, match: MatchFacts | None) -> None:
-        """Step 3: enqueue the job a ``…Requested`` event asked for."""
+        """Step 3: enqueue the job a ``…Requested`` event asked for, or enqueue again
+        the lost job of a ``JobReenqueued`` (its orphaned hash removed first)."""
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
             self.crash.reach("before_enqueue")
             await self.queues.enqueue(event.PHASE, event.job_id, job_payload(event.PHASE, match))
             self.crash.reach("after_enqueue")
+        elif isinstance(event, JobReenqueued) and match is not None:
+            phase = Phase(event.phase)
+            await self.queues.reenqueue(phase, event.job_id, job_payload(phase, match))
 
     # --- reads --------------------------------------------------------------
 
@@ -682,18 +740,25 @@ class App:
         workers: dict[str, int | None] = {}
         in_flight: list[InFlight] = []
         if self.queues is not None:
+            paused: dict[str, bool] = {}
             for phase in Phase:
-                workers[self.queues.names[phase]] = await self.queues.worker_count(phase)
+                name = self.queues.names[phase]
+                workers[name] = await self.queues.worker_count(phase)
+                paused[name] = await self.queues.is_paused(phase)
             for run in live:
                 job_state = None
                 idle_queue = None
+                waiting = None
                 if run.job_id and run.phase:
-                    job_state = (await self.queues.job_view(run.phase, run.job_id)).state
+                    view = await self.queues.job_view(run.phase, run.job_id)
+                    view = self._job_ages(run.job_id, view, await self._queue_now())
+                    job_state = str(view.state)
                     name = self.queues.names[run.phase]
-                    if job_state in ("waiting", "prioritized") and workers.get(name) == 0:
+                    if view.meaning is JobMeaning.WAITING and workers.get(name) == 0:
                         idle_queue = name
+                    waiting = self._waiting(run, view, now, workers[name], paused[name])
                 home, away = teams[run.id]
-                in_flight.append(InFlight(run, home, away, job_state, idle_queue))
+                in_flight.append(InFlight(run, home, away, job_state, idle_queue, waiting))
         else:
             in_flight = [InFlight(r, *teams[r.id], None, None) for r in live]
         return StatusReport(
@@ -703,6 +768,23 @@ class App:
             workers=workers,
             redis_error=self.redis_error,
             progress=progress,
+        )
+
+    def _waiting(
+        self, run: Run, job: JobView, now: datetime | None, workers: int | None, paused: bool
+    ) -> Waiting | None:
+        """How long and why ``run``'s job waits for a worker, or ``None`` if it does not."""
+        assert run.phase is not None and self.queues is not None
+        if now is None or job.meaning is not JobMeaning.WAITING:
+            return None
+        reason = why_waiting(job, workers=workers, paused=paused)
+        if reason is None or job.waiting_for is None:
+            return None
+        return Waiting(
+            queue=self.queues.names[run.phase],
+            seconds=job.waiting_for,
+            reason=reason,
+            budget=self.policy.queue_wait_budgets[run.phase],
         )
 
     def describe(self) -> dict[str, Any]:

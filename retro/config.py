@@ -81,6 +81,32 @@ class Settings(BaseSettings):
     predictions_timeout: float = Field(300.0, gt=0)
     settlement_timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100)
+    max_reenqueues: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="re-adds in a row of a lost job (BullMQ state unknown) before the run fails",
+    )
+    queue_wait_budget: float = Field(
+        600.0,
+        gt=0,
+        description="schedule-to-start budget: seconds a requested job may wait for a worker "
+        "before status, metrics and /healthz report it",
+    )
+    analysis_queue_wait_budget: float | None = Field(
+        None, gt=0, description="queue_wait_budget for analysis jobs (unset: the global one)"
+    )
+    predictions_queue_wait_budget: float | None = Field(
+        None, gt=0, description="queue_wait_budget for predictions jobs (unset: the global one)"
+    )
+    settlement_queue_wait_budget: float | None = Field(
+        None, gt=0, description="queue_wait_budget for settlement jobs (unset: the global one)"
+    )
+    queue_wait_charged: bool = Field(
+        False,
+        description="a job waiting longer than its queue_wait_budget fails the attempt "
+        "(default: it is only reported)",
+    )
     retry_backoff: float = Field(5.0, ge=0, description="first retry delay; doubles per attempt")
     job_attempts: int = Field(1, ge=1, le=100, description="BullMQ-level attempts per job")
     job_backoff_ms: int = Field(1000, ge=0, description="BullMQ-level backoff, milliseconds")
@@ -177,6 +203,12 @@ class Settings(BaseSettings):
     def phase_timeout(self, phase: str) -> float:
         """Budget in seconds for ``phase`` (``analysis``/``predictions``/``settlement``)."""
         return float(getattr(self, f"{phase}_timeout"))
+
+    def queue_wait(self, phase: str) -> float:
+        """Schedule-to-start budget in seconds for ``phase``: its own setting, else
+        ``queue_wait_budget``."""
+        own = getattr(self, f"{phase}_queue_wait_budget")
+        return float(self.queue_wait_budget if own is None else own)
 
 
 def check_job_id_format(template: str) -> None:

@@ -172,6 +172,18 @@ class PhaseTimedOut(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class JobReenqueued(Event):
+    """The phase's job was lost (BullMQ holds it in no state) and is enqueued again,
+    an orphaned hash removed first; committed before the re-add (DESIGN §4.4).
+    Costs no attempt; the re-adds in a row are bounded (``max_reenqueues``)."""
+
+    TYPE: ClassVar[str] = "JobReenqueued"
+    phase: str
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryScheduled(Event):
     """The phase will be requested again, not before ``not_before`` (aware UTC)."""
 
@@ -225,6 +237,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SettlementCompleted,
         JobFailed,
         PhaseTimedOut,
+        JobReenqueued,
         RetryScheduled,
         RunFailed,
         RunCancelled,

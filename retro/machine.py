@@ -23,6 +23,7 @@ from retro.events import (
     AnalysisSkipped,
     Event,
     JobFailed,
+    JobReenqueued,
     Phase,
     PhaseTimedOut,
     PredictionsCompleted,
@@ -96,6 +97,7 @@ TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "JobFailed", "source": _PHASES, "dest": None},
     {"trigger": "PhaseTimedOut", "source": _PHASES, "dest": None},
     {"trigger": "RetryScheduled", "source": _PHASES, "dest": None},
+    {"trigger": "JobReenqueued", "source": _PHASES, "dest": None},
     {"trigger": "RunCompleted", "source": State.SETTLING, "dest": State.DONE},
     {"trigger": "RunFailed", "source": list(LIVE), "dest": State.FAILED},
     {"trigger": "RunCancelled", "source": list(LIVE), "dest": State.CANCELLED},
@@ -145,7 +147,8 @@ class Run:
     """The projection of one run: everything the decision needs, rebuilt from events.
 
     Instants are aware UTC. ``attempt`` counts the jobs requested in the current
-    phase; ``version`` is the seq of the last applied event.
+    phase; ``version`` is the seq of the last applied event; ``reenqueues`` counts
+    the re-adds of a lost job in a row (reset by the next request).
     """
 
     id: str
@@ -167,6 +170,8 @@ class Run:
     updated_at: datetime
     finished_at: datetime | None
     version: int
+    reenqueues: int = 0
+    """Lost jobs re-enqueued since the last ``…Requested`` (``JobReenqueued`` events)."""
 
     @property
     def phase(self) -> Phase | None:
@@ -174,19 +179,87 @@ class Run:
         return PHASE_OF.get(self.state)
 
 
+class JobState(StrEnum):
+    """A BullMQ job state, as ``getState`` names it (``unknown``: in no state list)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELAYED = "delayed"
+    PRIORITIZED = "prioritized"
+    ACTIVE = "active"
+    WAITING = "waiting"
+    WAITING_CHILDREN = "waiting-children"
+    UNKNOWN = "unknown"
+
+
+class JobMeaning(StrEnum):
+    """What a job state means for the run waiting on it."""
+
+    PROGRESSING = "progressing"  # a worker holds it
+    WAITING = "waiting"  # queued for a consumer (or its children, or its delay)
+    FINISHED = "finished"  # completed or failed: an outcome to judge
+    LOST = "lost"  # BullMQ does not hold it in any state: enqueue it again
+
+
+MEANING: Mapping[JobState, JobMeaning] = {
+    JobState.ACTIVE: JobMeaning.PROGRESSING,
+    JobState.WAITING: JobMeaning.WAITING,
+    JobState.PRIORITIZED: JobMeaning.WAITING,
+    JobState.DELAYED: JobMeaning.WAITING,
+    JobState.WAITING_CHILDREN: JobMeaning.WAITING,
+    JobState.COMPLETED: JobMeaning.FINISHED,
+    JobState.FAILED: JobMeaning.FINISHED,
+    JobState.UNKNOWN: JobMeaning.LOST,
+}
+"""Every :class:`JobState` and its meaning (a test checks that none is missing)."""
+
+
+class WaitReason(StrEnum):
+    """Why a job no worker has taken is still waiting (schedule-to-start)."""
+
+    NO_WORKER = "no-worker"
+    PAUSED = "paused"
+    CHILDREN = "waiting-children"
+    UNKNOWN = "unknown"
+
+    @property
+    def text(self) -> str:
+        """The reason in words, as ``status`` and the log show it."""
+        return _WAIT_TEXT[self]
+
+
+_WAIT_TEXT = {
+    WaitReason.NO_WORKER: "no worker consuming it on this Redis database",
+    WaitReason.PAUSED: "queue paused",
+    WaitReason.CHILDREN: "waiting for children",
+    WaitReason.UNKNOWN: "unknown",
+}
+
+
 @dataclass(frozen=True)
 class JobView:
-    """What BullMQ says of a job: ``state`` is a BullMQ state or ``unknown``.
+    """What BullMQ says of a job.
 
     ``created_at``/``processed_at``/``finished_at`` come from the job's
     ``timestamp``/``processedOn``/``finishedOn`` (milliseconds there, aware UTC here).
+    ``orphaned``: the state is ``unknown`` but the job's hash is still in Redis
+    (BullMQ issue 1644), which makes BullMQ ignore every ``add`` of that id.
+    ``unrecognized``: the state string BullMQ gave when retro does not know it
+    (``state`` is then ``waiting``). ``active_for`` (start-to-close) and
+    ``waiting_for`` (schedule-to-start) are seconds, measured by the shell:
+    since a worker took the job, and since it was requested while no worker has.
     """
 
-    state: str
+    state: JobState
     created_at: datetime | None = None
     processed_at: datetime | None = None
     finished_at: datetime | None = None
     failed_reason: str | None = None
+    orphaned: bool = False
+    """The job's hash exists but its id is in no state list (BullMQ issue 1644)."""
+    unrecognized: str | None = None
+    """The state string BullMQ gave when retro does not know it (then ``state`` is
+    waiting)."""
     active_for: float | None = None
     """Seconds since a worker took the job (start-to-close), measured by the shell on
     clocks a jump of retro's wall clock cannot move (:mod:`retro.clock`); ``None``:
@@ -194,6 +267,12 @@ class JobView:
     waiting_for: float | None = None
     """Seconds the job has waited for a worker since it was requested
     (schedule-to-start), measured like ``active_for``; ``None``: not measured."""
+
+    @property
+    def meaning(self) -> JobMeaning:
+        """Whether the job is progressing, waiting, finished or lost; a state string
+        retro does not know means waiting (never lost: no re-enqueue loop)."""
+        return MEANING.get(self.state, JobMeaning.WAITING)
 
 
 @dataclass(frozen=True)
@@ -215,6 +294,51 @@ class Facts:
     job: JobView | None = None
     workers: int | None = None
     """Workers consuming the job's queue (``None``: not looked up)."""
+    queue_paused: bool | None = None
+    """The job's queue is paused (``None``: not looked up)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A job no worker has taken: on ``queue`` for ``seconds`` (schedule-to-start),
+    ``reason`` why, against its ``budget`` (seconds)."""
+
+    queue: str
+    seconds: float
+    reason: WaitReason
+    budget: float
+
+    @property
+    def over_budget(self) -> bool:
+        """The job has waited longer than its schedule-to-start budget."""
+        return self.seconds > self.budget
+
+    @property
+    def notable(self) -> bool:
+        """Worth telling the operator: a known blocker, or over budget."""
+        return self.reason is not WaitReason.UNKNOWN or self.over_budget
+
+    @property
+    def text(self) -> str:
+        """``waiting 12 min on analysis-queue: queue paused`` (seconds under a minute)."""
+        span = f"{self.seconds:.0f} s" if self.seconds < 60 else f"{self.seconds // 60:.0f} min"
+        return f"waiting {span} on {self.queue}: {self.reason.text}"
+
+
+def why_waiting(
+    job: JobView | None, *, workers: int | None, paused: bool | None
+) -> WaitReason | None:
+    """Why ``job`` still waits for a consumer, or ``None`` if it is not waiting
+    (progressing, finished, lost or absent). ``workers``/``paused`` as in :class:`Facts`."""
+    if job is None or job.meaning is not JobMeaning.WAITING:
+        return None
+    if job.state == JobState.WAITING_CHILDREN:
+        return WaitReason.CHILDREN
+    if paused:
+        return WaitReason.PAUSED
+    if workers == 0:
+        return WaitReason.NO_WORKER
+    return WaitReason.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -224,9 +348,18 @@ class Policy:
     ``job_ids`` maps a phase to a template with ``{matchId}``, e.g.
     ``analyze-retro-{matchId}`` (DESIGN §1); the match id goes in encoded
     (:func:`retro.jobids.encode`: ``%``, ``:`` and control characters as ``%XX``).
+    ``budgets`` are start-to-close, ``queue_wait_budgets`` schedule-to-start
+    (DESIGN §3); a job over its schedule-to-start budget costs an attempt only with
+    ``queue_wait_charged``.
+    ``max_reenqueues`` bounds the re-adds of a lost job in a row.
     """
 
     max_attempts: int = 3
+    max_reenqueues: int = 3
+    queue_wait_charged: bool = False
+    queue_wait_budgets: Mapping[Phase, float] = field(
+        default_factory=lambda: dict.fromkeys(Phase, 600.0)
+    )
     retry_backoff: float = 5.0
     budgets: Mapping[Phase, float] = field(
         default_factory=lambda: {
@@ -305,7 +438,9 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     """The next event for ``run`` given ``facts`` at ``now``, or ``None`` to wait.
 
     Pure. ``now`` is aware UTC. A job in state ``unknown`` is never read as
-    success or failure (DESIGN §4): the caller re-enqueues it and waits.
+    success or failure (DESIGN §4): it is lost, and ``JobReenqueued`` asks the
+    shell to enqueue it again, at most ``policy.max_reenqueues`` times in a row,
+    then the run fails with the reason.
     """
     if run.state in TERMINAL:
         return None
@@ -323,7 +458,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if run.step is Step.FINISHED:
         return RunCompleted(at=now)
     if phase is Phase.SETTLEMENT and (why := settleable(facts)) is not None:
-        if run.step is Step.JOB and facts.job is not None and facts.job.state == "active":
+        if run.step is Step.JOB and facts.job is not None and facts.job.state == JobState.ACTIVE:
             # let a running settlement finish (or time out) before leaving it
             return _observe_job(run, phase, facts, now, policy)
         return SettlementSkipped(at=now, reason=why)
@@ -351,20 +486,36 @@ def is_stale(run: Run, job: JobView) -> bool:
     earlier attempt, e.g. resurrected by a Redis restore, never this attempt's
     outcome (DESIGN §4.1). Job timestamps are compared with job timestamps only.
     The shell removes it and enqueues anew; it costs no attempt."""
-    if job.state not in ("completed", "failed") or job.created_at is None:
+    if job.meaning is not JobMeaning.FINISHED or job.created_at is None:
         return False
     if run.judged_created_at is None or job.created_at == run.adopted_created_at:
         return False
     return job.created_at <= run.judged_created_at
 
 
+def _lost(run: Run, phase: Phase, job: JobView, now: datetime, policy: Policy) -> Event:
+    assert run.job_id is not None
+    what = "orphaned job hash (in no state list)" if job.orphaned else "job not in BullMQ"
+    if run.reenqueues >= policy.max_reenqueues:
+        return RunFailed(
+            at=now,
+            reason=clip(
+                f"{phase} job {run.job_id} lost: still {what} after "
+                f"{run.reenqueues} re-enqueues in a row"
+            ),
+        )
+    return JobReenqueued(at=now, phase=phase, job_id=run.job_id, reason=what)
+
+
 def _observe_job(
     run: Run, phase: Phase, facts: Facts, now: datetime, policy: Policy
 ) -> Event | None:
     job = facts.job
-    if job is None or job.state == "unknown" or is_stale(run, job):
-        return None  # the shell (re-)enqueues; never a verdict
-    if job.state == "completed":
+    if job is None or is_stale(run, job):
+        return None  # the shell (re-)enqueues a stale job; never a verdict
+    if job.meaning is JobMeaning.LOST:
+        return _lost(run, phase, job, now, policy)
+    if job.state == JobState.COMPLETED:
         if phase is Phase.PREDICTIONS:
             return PredictionsShort(
                 at=now,
@@ -378,14 +529,28 @@ def _observe_job(
             reason=f"job {run.job_id} completed but {_MISSING[phase]}",
             job_created_at=job.created_at,
         )
-    if job.state == "failed":
+    if job.state == JobState.FAILED:
         return JobFailed(
             at=now,
             phase=phase,
             reason=clip(job.failed_reason or "no reason given"),
             job_created_at=job.created_at,
         )
-    if job.state == "active" and facts.workers != 0:
+    if job.meaning is JobMeaning.WAITING:
+        budget = policy.queue_wait_budgets[phase]
+        if policy.queue_wait_charged and job.waiting_for is not None and job.waiting_for > budget:
+            why = why_waiting(job, workers=facts.workers, paused=facts.queue_paused)
+            return JobFailed(
+                at=now,
+                phase=phase,
+                reason=clip(
+                    f"no worker took job {run.job_id} within {budget:g} s "
+                    f"(schedule-to-start): {why.text if why else 'unknown'}"
+                ),
+                job_created_at=job.created_at,
+            )
+        return None
+    if job.state == JobState.ACTIVE and facts.workers != 0:
         # With no worker left on the queue the holder died: not a timeout but
         # "no worker consuming <queue>"; BullMQ re-queues it when workers return.
         budget = policy.budgets[phase]
@@ -478,6 +643,7 @@ def evolve(run: Run, event: Event) -> Run:
             adopted_created_at=None,
             judged_created_at=None,
             not_before=None,
+            reenqueues=0,
         )
     match event:
         case Requested(job_id=job_id, attempt=attempt, adopted_created_at=adopted):
@@ -488,7 +654,10 @@ def evolve(run: Run, event: Event) -> Run:
                 requested_at=event.at,
                 adopted_created_at=adopted,
                 not_before=None,
+                reenqueues=0,
             )
+        case JobReenqueued():
+            changes.update(reenqueues=run.reenqueues + 1)
         case PredictionsCompleted(found=found, expected=expected):
             changes.update(found=found, expected=expected)
         case PredictionsShort(found=found, expected=expected, job_created_at=judged):

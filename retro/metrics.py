@@ -48,7 +48,8 @@ from retro.events import (
     RunCompleted,
     RunFailed,
 )
-from retro.machine import JobView, Run, State
+from retro.machine import JobState, JobView, Run, State, Waiting
+from retro.queue import count_workers, redis_db
 from retro.store.gaps import GapKind, Scan
 from retro.store.schema import backfill_runs
 
@@ -147,6 +148,15 @@ class Metrics:
             "When the last tick completed, unix seconds.",
             registry=registry,
         )
+        self.oldest_waiting = Gauge(
+            "retro_oldest_waiting_job_seconds",
+            "Seconds the oldest job retro requested has waited for a worker "
+            "(schedule-to-start), by queue; 0 when none waits. Measured each tick.",
+            ["queue"],
+            registry=registry,
+        )
+        self.over_budget: tuple[Waiting, ...] = ()
+        """Jobs over their schedule-to-start budget at the last tick (for ``/healthz``)."""
         self.last_tick_at: float | None = None
         """Unix seconds of the last completed tick (``None`` before the first)."""
         self.last_tick_monotonic: float | None = None
@@ -166,8 +176,20 @@ class Metrics:
 
     def job_seen(self, run: Run, job: JobView | None) -> None:
         """Note BullMQ's ``finishedOn`` of ``run``'s job if it shows it completed."""
-        if job is not None and run.job_id and job.state == "completed" and job.finished_at:
+        if job is not None and run.job_id and job.state == JobState.COMPLETED and job.finished_at:
             self._finish(run.job_id, job.finished_at.timestamp())
+
+    def waited(self, waits: Iterable[Waiting], queues: Iterable[str]) -> None:
+        """Record the jobs seen waiting for a worker in one tick: the oldest wait per
+        queue (every queue in ``queues`` reported, 0 when none waits) and the jobs
+        over their schedule-to-start budget."""
+        seen = list(waits)
+        oldest = dict.fromkeys(queues, 0.0)
+        for wait in seen:
+            oldest[wait.queue] = max(oldest.get(wait.queue, 0.0), wait.seconds)
+        for queue, seconds in oldest.items():
+            self.oldest_waiting.labels(queue=queue).set(seconds)
+        self.over_budget = tuple(w for w in seen if w.over_budget)
 
     def job_completed(self, job_id: str, at: float) -> None:
         """A job completed at ``at`` (unix seconds; BullMQ's completion event): ends the
@@ -292,12 +314,56 @@ class RunsByState:
         yield family
 
 
+class WorkersByQueue:
+    """The ``retro_workers`` gauge (label ``queue``): one ``CLIENT LIST`` per scrape,
+    counting BullMQ workers of each queue on retro's own Redis database
+    (:func:`retro.queue.count_workers`). Left out of a scrape when Redis does not
+    answer within :data:`CHECK_TIMEOUT` or will not list its clients."""
+
+    NAME = "retro_workers"
+    HELP = "BullMQ workers consuming each queue on retro's Redis database (CLIENT LIST)."
+
+    def __init__(self, redis_url: str, prefix: str, queues: Iterable[str]) -> None:
+        self.prefix = prefix
+        self.queues = list(queues)
+        self.db = redis_db(redis_url)
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=CHECK_TIMEOUT,
+            socket_connect_timeout=CHECK_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """The gauge's name, without querying (called at registration)."""
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["queue"])]
+
+    def collect(self) -> Iterator[Metric]:
+        """Count the workers now."""
+        try:
+            clients = self.redis.client_list()
+        except Exception as exc:
+            log.warning("workers not counted: %s", error_line(exc))
+            return
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["queue"])
+        for queue in self.queues:
+            n = count_workers(clients, prefix=self.prefix, queue=queue, db=self.db)
+            family.add_metric([queue], n)
+        yield family
+
+    def close(self) -> None:
+        """Close the Redis client."""
+        self.redis.close()
+
+
 class Health:
     """``/healthz``: healthy when the last tick is recent, the database answers
     ``SELECT 1`` and Redis answers ``PING``, each check within :data:`CHECK_TIMEOUT`.
 
     "Recent" means within ``max(3 * tick_interval, 30 s)`` (:meth:`tick_limit`); no
-    completed tick yet is unhealthy.
+    completed tick yet is unhealthy. A job that waited for a worker longer than its
+    schedule-to-start budget makes a healthy daemon ``degraded`` (still HTTP 200:
+    restarting retro would not help; the reason names what to fix).
 
     Args:
         engine: a synchronous engine on retro's database (:func:`sync_engine`).
@@ -333,15 +399,29 @@ class Health:
         return max(3 * self.tick_interval, MIN_TICK_AGE)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, body)``; ``body`` is ``{"status": "ok"|"unhealthy", "failed":
-        [names], "checks": {"tick"|"database"|"redis": {"ok": bool, …}}}``, masked."""
+        """``(healthy, body)``; ``body`` is ``{"status": "ok"|"degraded"|"unhealthy",
+        "failed": [names], "checks": {"tick"|"database"|"redis": {"ok": bool, …}},
+        "waiting": [{"queue", "seconds", "budget_seconds", "reason", "text"}]}``, masked.
+        ``degraded`` (healthy) when ``waiting`` is not empty: jobs over their
+        schedule-to-start budget at the last tick."""
         checks = {
             "tick": self._tick(),
             "database": self._probe(self._database),
             "redis": self._probe(self._redis),
         }
         failed = [name for name, result in checks.items() if not result["ok"]]
-        body = {"status": "unhealthy" if failed else "ok", "failed": failed, "checks": checks}
+        waiting = [
+            {
+                "queue": w.queue,
+                "seconds": round(w.seconds, 3),
+                "budget_seconds": w.budget,
+                "reason": str(w.reason),
+                "text": w.text,
+            }
+            for w in self.metrics.over_budget
+        ]
+        status = "unhealthy" if failed else "degraded" if waiting else "ok"
+        body = {"status": status, "failed": failed, "checks": checks, "waiting": waiting}
         return not failed, body
 
     def close(self) -> None:
@@ -409,6 +489,7 @@ class MetricsServer:
         self.host, self.port = host, port
         self._routes: dict[str, WsgiApp] = {}
         self._health: Health | None = None
+        self._workers: WorkersByQueue | None = None
         self._engine: Engine | None = None
         self._thread: threading.Thread | None = None
         try:
@@ -428,6 +509,10 @@ class MetricsServer:
         assert app.queues is not None, "the metrics server needs the daemon's Redis"
         self._engine = sync_engine(app.settings.database_url)
         app.metrics.registry.register(RunsByState(self._engine))
+        self._workers = WorkersByQueue(
+            app.redis_url, app.settings.queue_prefix, app.queues.names.values()
+        )
+        app.metrics.registry.register(self._workers)
         self._health = Health(self._engine, app.redis_url, app.metrics, app.settings.tick_interval)
         self._routes = {
             "/metrics": make_wsgi_app(app.metrics.registry),
@@ -449,6 +534,9 @@ class MetricsServer:
         if self._health is not None:
             self._health.close()
             self._health = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

@@ -17,6 +17,7 @@ from retro.config import mask
 from retro.events import Phase, RunCancelled
 from retro.logs import run_fields
 from retro.machine import LIVE, TERMINAL, Run, Step, clip
+from retro.queue import UNSTARTED_STATES
 from retro.store import runs
 from retro.store.runs import EventRow
 
@@ -25,7 +26,7 @@ log = logging.getLogger("retro")
 CANCEL_REASON = "cancelled by operator"
 CANCEL_TRIES = 20
 """Times one run's cancel is re-decided after losing an append race to a daemon."""
-UNSTARTED = frozenset({"waiting", "delayed", "prioritized", "waiting-children"})
+UNSTARTED = frozenset(str(s) for s in UNSTARTED_STATES)
 """BullMQ job states a job can be removed in (a worker has not taken it)."""
 
 
@@ -218,10 +219,13 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
 
 
 async def _remove_job(app: App, phase: Phase, job_id: str) -> tuple[str, bool]:
-    """``(state seen, removed)``: remove ``job_id`` if no worker has taken it."""
+    """``(state seen, removed)``: remove ``job_id`` if no worker has taken it, or if
+    it is an orphaned hash (``unknown``, in no state list: BullMQ issue 1644), which
+    would make BullMQ ignore every later add of that id."""
     assert app.queues is not None
-    state = (await app.queues.job_view(phase, job_id)).state
-    if state not in UNSTARTED:
+    view = await app.queues.job_view(phase, job_id)
+    state = str(view.state)
+    if state not in UNSTARTED and not view.orphaned:
         return state, False
     if await app.queues.remove_unstarted(phase, job_id):
         return state, True

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bullmq import Job, Queue, QueueEvents, Worker
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, RedisError, ResponseError
@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retro.config import Settings, mask
 from retro.events import Phase
-from retro.machine import JobView
+from retro.machine import JobState, JobView
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,11 @@ JOB_ID_FORMATS: Mapping[Phase, str] = {
 }
 """The default job-id templates (``analyze-retro-{matchId}``…); the effective
 ones come from :func:`job_id_formats`."""
-FINISHED_STATES = frozenset({"completed", "failed"})
+FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
+UNSTARTED_STATES = frozenset(
+    {JobState.WAITING, JobState.DELAYED, JobState.PRIORITIZED, JobState.WAITING_CHILDREN}
+)
+"""States a job can be removed in: no worker has taken it."""
 REDIS_RETRIES = 2
 REDIS_TIMEOUT = 5.0
 """Seconds a non-blocking Redis command may take before it counts as an outage."""
@@ -56,6 +60,39 @@ _SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro"})
 def _worker_name_of(name: str, bases: set[str]) -> bool:
     """True when the client ``name`` is a BullMQ Worker's on a queue named by ``bases``."""
     return any(name == base or name.startswith(f"{base}:w:") for base in bases)
+
+
+def read_state(raw: object) -> tuple[JobState, str | None]:
+    """BullMQ's ``getState`` answer as ``(state, unrecognized)``: a string retro does
+    not know (a newer BullMQ's) is read as ``waiting`` and returned as ``unrecognized``,
+    so the caller can say so once; it is never taken as lost (no re-enqueue loop)."""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        return JobState(text), None
+    except ValueError:
+        return JobState.WAITING, text
+
+
+def redis_db(url: str) -> int:
+    """The logical database number ``url`` selects (``/1``, ``?db=1``; default 0)."""
+    return int(ConnectionPool.from_url(url).connection_kwargs.get("db") or 0)
+
+
+def count_workers(clients: list[dict[str, Any]], *, prefix: str, queue: str, db: int) -> int:
+    """BullMQ Workers consuming ``queue`` among ``clients`` (CLIENT LIST entries, as
+    redis-py parses them), counting only clients on logical database ``db``: a worker
+    on another database of the same server never takes these jobs. See
+    :meth:`Queues.worker_count` for how the connections are told apart."""
+    bases = {f"{prefix}:{queue}", f"{prefix}:{base64.b64encode(queue.encode()).decode()}"}
+    named = [
+        c
+        for c in clients
+        if str(c.get("db", "0")) == str(db) and _worker_name_of(str(c.get("name", "")), bases)
+    ]
+    blocking = sum(1 for c in named if c.get("cmd") not in _SCRIPT_COMMANDS)
+    # An idle python-bullmq Worker drops its blocking connection between polls
+    # for a while: its script connection alone still proves a consumer.
+    return max(blocking, 1 if named else 0)
 
 
 class RedisUnreachable(RuntimeError):
@@ -152,6 +189,8 @@ class Queues:
         self._queues: dict[Phase, Queue] = {}
         self._events: list[QueueEvents] = []
         self._admin: Redis | None = None
+        self.db = redis_db(redis_url)
+        """The logical database retro's connections select."""
 
     async def __aenter__(self) -> Queues:
         return self
@@ -227,54 +266,96 @@ class Queues:
         return await self.job_view_in(phase, job_id, await self.job_state(phase, job_id))
 
     async def job_state(self, phase: Phase, job_id: str) -> str:
-        """BullMQ's state of ``job_id`` alone (``unknown`` if absent): the first half
-        of :meth:`job_view`, for a caller that reads other data in between."""
+        """BullMQ's raw ``getState`` answer for ``job_id`` (``unknown`` if absent): the
+        first half of :meth:`job_view`, which names it (:func:`read_state`), for a
+        caller that reads other data in between."""
         return str(await self.queue(phase).getJobState(job_id))
 
     async def job_view_in(self, phase: Phase, job_id: str, state: str) -> JobView:
         """The second half of :meth:`job_view`: ``job_id``'s data, read after its
-        ``state`` was (so a finished state comes with its outcome)."""
-        job = await Job.fromId(self.queue(phase), job_id)
-        if job is None or state == "unknown":
-            return JobView(state="unknown")
+        ``state`` was (so a finished state comes with its outcome). An ``unknown``
+        job whose hash exists is ``orphaned`` (BullMQ issue 1644)."""
+        named, unrecognized = read_state(state)
+        queue = self.queue(phase)
+        if named is JobState.UNKNOWN:
+            orphaned = bool(await queue.client.exists(queue.toKey(job_id)))
+            return JobView(state=JobState.UNKNOWN, orphaned=orphaned)
+        job = await Job.fromId(queue, job_id)
+        if job is None:
+            return JobView(state=JobState.UNKNOWN)
         return JobView(
-            state=str(state),
+            state=named,
             created_at=_instant(job.timestamp),
             processed_at=_instant(job.processedOn),
             finished_at=_instant(job.finishedOn),
             failed_reason=job.failedReason,
+            unrecognized=unrecognized,
         )
 
     async def clear_stale(self, phase: Phase, job_id: str) -> JobView:
         """Step 1 of entering a phase: remove a finished (completed/failed) job with
-        ``job_id``, which is stale since the new intent comes after it; leave any
-        other state to be adopted. Returns the view after the cleanup.
+        ``job_id``, which is stale since the new intent comes after it, and an
+        orphaned hash (in no state list), which would make BullMQ ignore the add;
+        leave any other state to be adopted. Returns the view after the cleanup.
 
-        A fresh job id (the usual case) costs one round trip: no job data, no job.
+        A fresh job id (the usual case) costs one round trip: no job hash, no job.
         Otherwise the state is read before the data, as in :meth:`job_view`.
         """
-        if await Job.fromId(self.queue(phase), job_id) is None:
-            return JobView(state="unknown")
+        queue = self.queue(phase)
+        if not await queue.client.exists(queue.toKey(job_id)):
+            return JobView(state=JobState.UNKNOWN)
         view = await self.job_view(phase, job_id)
         if view.state in FINISHED_STATES:
-            await self.queue(phase).remove(job_id)
+            await queue.remove(job_id)
             log.info("removed stale %s job %s", view.state, job_id)
-            return JobView(state="unknown")
+            return JobView(state=JobState.UNKNOWN)
+        if view.orphaned:
+            await self.remove_orphan(phase, job_id)
+            return JobView(state=JobState.UNKNOWN)
         return view
 
     async def remove_finished(self, phase: Phase, job_id: str) -> None:
         """Remove ``job_id``, already seen completed or failed (a stale leftover)."""
         await self.queue(phase).remove(job_id)
 
+    async def remove_orphan(self, phase: Phase, job_id: str) -> bool:
+        """Remove ``job_id``'s hash if BullMQ holds it in no state list (BullMQ issue
+        1644: every ``add`` of that id is then ignored). Uses BullMQ's own remove
+        script, which deletes the hash and its sub-keys when the id is in no list.
+        Returns whether it was removed; ``False`` when the id is in a list again, or
+        a worker's lock is still on it (the script refuses; a later try succeeds
+        once the lock expires)."""
+        queue = self.queue(phase)
+        raw = await queue.getJobState(job_id)
+        if read_state(raw)[0] is not JobState.UNKNOWN:
+            return False
+        if not await queue.client.exists(queue.toKey(job_id)):
+            return False
+        removed = bool(await queue.remove(job_id))
+        if removed:
+            log.info("removed orphaned job hash %s (in no state list)", job_id)
+        else:
+            log.warning("orphaned job hash %s is locked by a worker; not removed yet", job_id)
+        return removed
+
     async def enqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
         """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists)."""
         await self.queue(phase).add(JOB_NAMES[phase], dict(payload), self.options.for_job(job_id))
 
+    async def reenqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
+        """Enqueue a lost job again: remove its orphaned hash first, if any
+        (:meth:`remove_orphan`), so BullMQ does not ignore the add."""
+        await self.remove_orphan(phase, job_id)
+        await self.enqueue(phase, job_id, payload)
+
     async def remove_unstarted(self, phase: Phase, job_id: str) -> bool:
-        """Remove ``job_id`` if it has not started (waiting/delayed/prioritized)."""
+        """Remove ``job_id`` if it has not started (waiting/delayed/prioritized/
+        waiting-children), or if it is an orphaned hash."""
         view = await self.job_view(phase, job_id)
-        if view.state in ("waiting", "delayed", "prioritized", "waiting-children"):
+        if view.state in UNSTARTED_STATES:
             return bool(await self.queue(phase).remove(job_id))
+        if view.orphaned:
+            return await self.remove_orphan(phase, job_id)
         return False
 
     def _admin_client(self) -> Redis:
@@ -293,6 +374,11 @@ class Queues:
             return None
         return datetime.fromtimestamp(int(seconds) + int(micros) / 1_000_000, UTC)
 
+    async def is_paused(self, phase: Phase) -> bool:
+        """True when ``phase``'s queue is paused (``Queue.pause()``: no worker takes
+        its jobs; BullMQ still reports them ``waiting``)."""
+        return bool(await self.queue(phase).isPaused())
+
     async def worker_count(self, phase: Phase) -> int | None:
         """Workers consuming ``phase``'s queue (by BullMQ's client names), or ``None``
         when Redis will not tell (``CLIENT LIST`` missing or denied by an ACL).
@@ -304,21 +390,15 @@ class Queues:
         of a Worker's connections. The extra one is told apart by its last command,
         a Lua script (a blocking connection never runs one), so each Worker counts once;
         a queue with only script connections has at least one Worker.
+
+        Only clients on retro's own logical database (CLIENT LIST ``db=``) count:
+        a worker on another database of the same server never takes these jobs.
         """
         try:
             clients = await self._admin_client().client_list()
         except ResponseError:
             return None
-        queue = self.names[phase]
-        bases = {
-            f"{self.prefix}:{queue}",
-            f"{self.prefix}:{base64.b64encode(queue.encode()).decode()}",
-        }
-        named = [c for c in clients if _worker_name_of(str(c.get("name", "")), bases)]
-        blocking = sum(1 for c in named if c.get("cmd") not in _SCRIPT_COMMANDS)
-        # An idle python-bullmq Worker drops its blocking connection between polls
-        # for a while: its script connection alone still proves a consumer.
-        return max(blocking, 1 if named else 0)
+        return count_workers(clients, prefix=self.prefix, queue=self.names[phase], db=self.db)
 
     def watch(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 
 from retro.app import SeedReport, StatusReport
 from retro.config import mask
-from retro.machine import State
+from retro.machine import State, Waiting
 from retro.ops import CancelReport, History
 from retro.progress import Progress
 from retro.store.runs import Audit, EventRow
@@ -73,6 +73,19 @@ def progress_json(progress: Progress) -> dict[str, Any]:
     }
 
 
+def waiting_json(wait: Waiting) -> dict[str, Any]:
+    """The ``waiting`` object of an ``in_flight`` item (``retro.status/1``)."""
+    return {
+        "queue": wait.queue,
+        "seconds": round(wait.seconds, 3),
+        "reason": str(wait.reason),
+        "reason_text": wait.reason.text,
+        "budget_seconds": wait.budget,
+        "over_budget": wait.over_budget,
+        "text": wait.text,
+    }
+
+
 def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
     """``retro status --json`` (``retro.status/1``)."""
     in_flight = []
@@ -91,6 +104,7 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
                 "job_id": run.job_id,
                 "job_state": item.job_state,
                 "waiting_for_worker": item.waiting_for_worker,
+                "waiting": None if item.waiting is None else waiting_json(item.waiting),
                 "since": iso(since),
                 "elapsed_seconds": seconds(since, now),
             }

@@ -152,7 +152,10 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
             run = item.run
             since = run.requested_at or run.updated_at
             job = item.job_state or "-"
-            if item.waiting_for_worker:
+            if item.waiting is not None and item.waiting.notable:
+                over = " (over its budget)" if item.waiting.over_budget else ""
+                job = f"{job}: {item.waiting.text}{over}"
+            elif item.waiting_for_worker:
                 job = f"{job}: no worker consuming {item.waiting_for_worker}"
             table.add_row(
                 shown(run.id),

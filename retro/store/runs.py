@@ -63,6 +63,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "updated_at": run.updated_at,
         "finished_at": run.finished_at,
         "version": run.version,
+        "reenqueues": run.reenqueues,
     }
 
 
@@ -86,6 +87,7 @@ def run_from_row(row: RowMapping) -> Run:
         last_error=row["last_error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        reenqueues=row["reenqueues"],
         finished_at=row["finished_at"],
         version=row["version"],
     )

@@ -163,6 +163,7 @@ backfill_runs = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
     Column("version", Integer, nullable=False),
+    Column("reenqueues", Integer, nullable=False, server_default="0"),
     Index("ix_backfill_runs_next_check_at", "next_check_at"),
     # The tick's in-flight lookup reads only these rows, however long the backlog.
     Index(

@@ -216,9 +216,13 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
             "job_id",
             "job_state",
             "waiting_for_worker",
+            "waiting",
             "since",
             "elapsed_seconds",
         }
+        if item["job_state"] in ("waiting", "prioritized"):  # no worker runs here
+            assert item["waiting"]["reason"] == "no-worker", item
+            assert item["waiting"]["queue"] == item["waiting_for_worker"]
         assert item["phase"] in ("analysis", "predictions", "settlement")
         assert isinstance(item["elapsed_seconds"], float) and item["elapsed_seconds"] >= 0
         instant(item["since"])

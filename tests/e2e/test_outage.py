@@ -158,7 +158,7 @@ async def test_redis_outage_then_verify(tmp_path: Path, redis_server: RedisServe
     assert len(outage) >= 2, lines  # several backoff steps ...
     assert len(outage) == len(set(outage)), outage  # ... each logged once
     assert any("reachable again" in line for line in lines), lines
-    assert any("re-enqueued (job was unknown)" in line for line in lines), lines
+    assert any("JobReenqueued" in line for line in lines), lines
     assert not any("Traceback" in line for line in lines), lines
     assert await assert_healed(url) == {"done": len(seeded)}
     assert await charged_attempts(url) == 0

@@ -29,6 +29,7 @@ from retro.demo.seed import seed_demo
 from retro.events import (
     Event,
     JobFailed,
+    JobReenqueued,
     Phase,
     PhaseTimedOut,
     PredictionsShort,
@@ -443,7 +444,8 @@ async def test_keys_wiped_mid_run_are_re_enqueued_without_charging_an_attempt(
     backend: Backend,
 ) -> None:
     """FLUSHALL while a job waits, and again each time a job completes before retro
-    saw it: the job is enqueued again, no attempt is burned, the run finishes."""
+    saw it: the job is enqueued again (a ``JobReenqueued``, no attempt burned), the
+    run finishes."""
     await make_host(backend, analysis=False)
     async with App(settings_for(backend)) as app:
         run_id = await seed_one(app)
@@ -454,9 +456,11 @@ async def test_keys_wiped_mid_run_are_re_enqueued_without_charging_an_attempt(
         assert (await job_view(app, run)).state == "unknown"
 
         report = await app.tick(now=now())
-        assert report.events == []
+        assert [(type(e), e.reason) for _, e in report.events] == [  # type: ignore[attr-defined]
+            (JobReenqueued, "job not in BullMQ")
+        ]
         after = await get_run(app, run_id)
-        assert (after.attempt, after.version) == (1, run.version)
+        assert (after.attempt, after.version, after.reenqueues) == (1, run.version + 1, 1)
         assert (await job_view(app, after)).state in ("waiting", "prioritized")
 
         wiped: list[str] = []

@@ -20,6 +20,7 @@ from retro.events import (
     AnalysisSkipped,
     Event,
     JobFailed,
+    JobReenqueued,
     Phase,
     PhaseTimedOut,
     PredictionsCompleted,
@@ -37,23 +38,29 @@ from retro.events import (
     SettlementSkipped,
 )
 from retro.machine import (
+    MEANING,
     NEW,
     REASON_LIMIT,
     TERMINAL,
     TRANSITIONS,
     Facts,
     IllegalTransition,
+    JobMeaning,
+    JobState,
     JobView,
     Policy,
     Run,
     State,
     Step,
+    Waiting,
+    WaitReason,
     clip,
     decide,
     evolve,
     legal_triggers,
     phase_done,
     project,
+    why_waiting,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -297,6 +304,13 @@ for _phase in PHASES:
             T0 + sec(POLICY.budgets[_phase] + 1),
         ),
         case("RetryScheduled", _state, _state, failed_attempt(_phase), not_done(_phase)),
+        case(
+            "JobReenqueued",
+            _state,
+            _state,
+            with_job(_phase),
+            not_done(_phase, job=job("unknown", orphaned=True)),
+        ),
     ]
 for _state in LIVE:
     CASES += [
@@ -516,10 +530,92 @@ def test_completed_predictions_job_short_of_models_is_a_retry() -> None:
 def test_unknown_or_missing_job_is_never_read_as_an_outcome(
     phase: Phase, job_state: str | None
 ) -> None:
+    """A lost job is enqueued again (no verdict, no attempt); a job not looked up waits."""
     view = None if job_state is None else job("unknown", processed_at=T0 - timedelta(days=1))
     run = with_job(phase)
     f = not_done(phase, job=view)
-    assert decide(run, f, now=T0 + timedelta(days=1), policy=POLICY) is None
+    event = decide(run, f, now=T0 + timedelta(days=1), policy=POLICY)
+    if job_state is None:
+        assert event is None
+    else:
+        assert event == JobReenqueued(
+            at=T0 + timedelta(days=1), phase=phase, job_id=JOB_ID[phase], reason="job not in BullMQ"
+        )
+        assert evolve(run, event).attempt == run.attempt
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_lost_job_is_re_enqueued_a_bounded_number_of_times_in_a_row(phase: Phase) -> None:
+    """Re-adds are counted from the last request; at ``max_reenqueues`` the run fails
+    naming the job and the count; a new request starts the count again."""
+    policy = Policy(max_reenqueues=2)
+    lost = not_done(phase, job=job("unknown", orphaned=True))
+    run = with_job(phase)
+    now = T0
+    for n in (1, 2):
+        now += sec(1)
+        event, run = step(run, lost, now, policy)
+        assert isinstance(event, JobReenqueued)
+        assert event.reason == "orphaned job hash (in no state list)"
+        assert (run.reenqueues, run.attempt, run.state) == (n, 1, STATE_OF[phase])
+    event, run = step(run, lost, now + sec(1), policy)
+    assert isinstance(event, RunFailed)
+    assert event.reason == (
+        f"{phase} job {JOB_ID[phase]} lost: still orphaned job hash (in no state list) "
+        "after 2 re-enqueues in a row"
+    )
+    assert run.state is State.FAILED
+    again = evolve(
+        apply(with_job(phase), JobReenqueued(at=T0, phase=phase, job_id="j", reason="x")),
+        REQUESTED[phase](at=T0 + sec(1), job_id=JOB_ID[phase], attempt=2),
+    )
+    assert again.reenqueues == 0
+
+
+def test_every_bullmq_state_has_a_meaning() -> None:
+    assert set(MEANING) == set(JobState)
+    assert {str(s) for s in JobState} == {
+        "completed", "failed", "delayed", "prioritized", "active", "waiting",
+        "waiting-children", "unknown",
+    }  # fmt: skip
+    assert JobView(state="something-new").meaning is JobMeaning.WAITING  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_state_retro_does_not_know_waits_and_never_re_enqueues(phase: Phase) -> None:
+    view = JobView(state=JobState.WAITING, unrecognized="something-new", created_at=T0)
+    f = not_done(phase, job=view)
+    assert decide(with_job(phase), f, now=T0 + timedelta(hours=5), policy=POLICY) is None
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("job_state", ["waiting", "prioritized", "delayed", "waiting-children"])
+def test_a_job_waiting_past_its_queue_wait_budget_is_charged_only_if_configured(
+    phase: Phase, job_state: str
+) -> None:
+    run = with_job(phase)
+    late = job(job_state, created_at=T0, waiting_for=601.0)
+    f = not_done(phase, job=late, workers=0)
+    assert decide(run, f, now=T0 + sec(601), policy=POLICY) is None
+    charged = Policy(queue_wait_charged=True)
+    on_time = not_done(phase, job=job(job_state, created_at=T0, waiting_for=599.0))
+    assert decide(run, on_time, now=T0 + sec(599), policy=charged) is None
+    event = decide(run, f, now=T0 + sec(601), policy=charged)
+    assert isinstance(event, JobFailed)
+    why = "waiting for children" if job_state == "waiting-children" else "no worker consuming"
+    assert "within 600 s (schedule-to-start)" in event.reason and why in event.reason
+
+
+def test_why_a_job_waits() -> None:
+    waiting = job("prioritized", waiting_for=5.0)
+    assert why_waiting(waiting, workers=0, paused=False) is WaitReason.NO_WORKER
+    assert why_waiting(waiting, workers=0, paused=True) is WaitReason.PAUSED
+    assert why_waiting(waiting, workers=2, paused=False) is WaitReason.UNKNOWN
+    assert why_waiting(job("waiting-children"), workers=0, paused=True) is WaitReason.CHILDREN
+    assert why_waiting(job("active"), workers=0, paused=True) is None
+    assert why_waiting(job("unknown"), workers=0, paused=True) is None
+    wait = Waiting(queue="q", seconds=750.0, reason=WaitReason.PAUSED, budget=600.0)
+    assert (wait.text, wait.over_budget) == ("waiting 12 min on q: queue paused", True)
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -733,6 +829,7 @@ SAMPLE_EVENTS: dict[str, Event] = {
     "JobFailed": JobFailed(at=T0, phase=Phase.ANALYSIS, reason="boom"),
     "PhaseTimedOut": PhaseTimedOut(at=T0, phase=Phase.ANALYSIS, budget=120.0),
     "RetryScheduled": RetryScheduled(at=T0, phase=Phase.ANALYSIS, not_before=T0),
+    "JobReenqueued": JobReenqueued(at=T0, phase=Phase.ANALYSIS, job_id="j", reason="lost"),
     "RunFailed": RunFailed(at=T0, reason="gave up"),
     "RunCancelled": RunCancelled(at=T0, reason="match postponed"),
     "RunCompleted": RunCompleted(at=T0),
