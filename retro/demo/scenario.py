@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retro.app import App
-from retro.config import Settings
+from retro.config import ConfigError, Settings
 from retro.demo.seed import DemoSeed, seed_demo
 from retro.machine import Run, State
 from retro.pipeline.workers import run_workers
@@ -56,12 +56,44 @@ def demo_settings(workdir: Path) -> Settings:
     )
 
 
-async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoReport:
-    """Seed, break, heal and report. ``workdir`` is emptied of earlier demo files."""
+MARKER = ".retro-demo"
+"""A file the demo leaves in its folder: only a folder holding it is emptied again."""
+
+
+def prepare_workdir(workdir: str) -> Path:
+    """``workdir`` resolved, created, and emptied of an earlier demo's files.
+
+    Only a folder the demo made (it holds :data:`MARKER`, or only ``retro-demo*``
+    files, as an earlier retro left it) or an empty one is used: the demo never
+    deletes anything else.
+
+    Raises:
+        ConfigError: ``workdir`` is a file, or a folder with files of its own.
+    """
     folder = Path(workdir).resolve()
-    if folder.exists():
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"demo --workdir {folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        own = all(p.name == MARKER or p.name.startswith("retro-demo") for p in folder.iterdir())
+        if not (folder / MARKER).is_file() and not own:
+            raise ConfigError(
+                f"demo --workdir {folder} is not empty and is not a retro demo folder "
+                f"(no {MARKER}): give an empty or new folder; nothing was deleted"
+            )
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("made by retro demo; the next demo empties this folder\n")
+    return folder
+
+
+async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoReport:
+    """Seed, break, heal and report. ``workdir`` is emptied of an earlier demo's
+    files (:func:`prepare_workdir`).
+
+    Raises:
+        ConfigError: ``workdir`` holds files that are not the demo's.
+    """
+    folder = prepare_workdir(workdir)
     settings = demo_settings(folder)
 
     say(f"Loading the 2024/25 season (openfootball, CC0) into {folder / 'retro-demo.db'} …")
