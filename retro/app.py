@@ -602,19 +602,15 @@ class App:
                 job.unrecognized,
                 extra=fields,
             )
-        reason = why_waiting(job, workers=workers, paused=paused)
-        if reason is None or job.waiting_for is None:
+        wait = self._wait_of(run, job, workers, paused)
+        if wait is None:
             self._wait_said.pop(run.id, None)
             return
-        wait = Waiting(
-            queue=self.queues.names[run.phase],
-            seconds=job.waiting_for,
-            reason=reason,
-            budget=self.policy.queue_wait_budgets[run.phase],
-        )
         self._waits[run.id] = wait
         said = (run.job_id, f"{wait.reason}{'+over' if wait.over_budget else ''}")
-        if wait.notable and self._wait_said.get(run.id) != said:
+        # An active job with no worker left is said by _warn_if_unconsumed already.
+        queued = job.meaning is JobMeaning.WAITING
+        if queued and wait.notable and self._wait_said.get(run.id) != said:
             self._wait_said[run.id] = said
             level = logging.WARNING if wait.over_budget else logging.INFO
             log.log(level, "job %s %s", run.job_id, wait.text, extra=fields)
@@ -685,7 +681,9 @@ class App:
         if not is_stale(run, job):
             return
         await self.queues.remove_finished(run.phase, run.job_id)
-        await self.queues.enqueue(run.phase, run.job_id, job_payload(run.phase, match))
+        await self.queues.enqueue(
+            run.phase, run.job_id, job_payload(run.phase, match), at=await self._queue_now()
+        )
         self.job_clock.requested(run.job_id)
         log.info(
             "job %s re-enqueued (job was a stale %s leftover)",
@@ -700,11 +698,18 @@ class App:
         assert self.queues is not None
         if isinstance(event, Requested) and match is not None:
             self.crash.reach("before_enqueue")
-            await self.queues.enqueue(event.PHASE, event.job_id, job_payload(event.PHASE, match))
+            await self.queues.enqueue(
+                event.PHASE,
+                event.job_id,
+                job_payload(event.PHASE, match),
+                at=await self._queue_now(),
+            )
             self.crash.reach("after_enqueue")
         elif isinstance(event, JobReenqueued) and match is not None:
             phase = Phase(event.phase)
-            await self.queues.reenqueue(phase, event.job_id, job_payload(phase, match))
+            await self.queues.reenqueue(
+                phase, event.job_id, job_payload(phase, match), at=await self._queue_now()
+            )
 
     # --- reads --------------------------------------------------------------
 
@@ -774,15 +779,24 @@ class App:
         self, run: Run, job: JobView, now: datetime | None, workers: int | None, paused: bool
     ) -> Waiting | None:
         """How long and why ``run``'s job waits for a worker, or ``None`` if it does not."""
-        assert run.phase is not None and self.queues is not None
-        if now is None or job.meaning is not JobMeaning.WAITING:
+        if now is None:
             return None
+        return self._wait_of(run, job, workers, paused)
+
+    def _wait_of(
+        self, run: Run, job: JobView, workers: int | None, paused: bool | None
+    ) -> Waiting | None:
+        """``run``'s job as a :class:`Waiting` (queue, seconds, reason, budget), or
+        ``None`` if no worker is missing for it: a queued job (``waiting_for``), or an
+        active one whose worker died with no worker left (``active_for``)."""
+        assert run.phase is not None and self.queues is not None
         reason = why_waiting(job, workers=workers, paused=paused)
-        if reason is None or job.waiting_for is None:
+        seconds = job.waiting_for if job.waiting_for is not None else job.active_for
+        if reason is None or seconds is None:
             return None
         return Waiting(
             queue=self.queues.names[run.phase],
-            seconds=job.waiting_for,
+            seconds=seconds,
             reason=reason,
             budget=self.policy.queue_wait_budgets[run.phase],
         )

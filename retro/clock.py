@@ -51,7 +51,9 @@ class JobClock:
     ) -> None:
         self.monotonic = monotonic
         self.memory = memory
-        self._since: OrderedDict[tuple[str, str, datetime | None], float] = OrderedDict()
+        self._since: OrderedDict[tuple[str, str, datetime | None, datetime | None], float] = (
+            OrderedDict()
+        )
         self._requested: OrderedDict[str, float] = OrderedDict()
 
     def requested(self, job_id: str) -> None:
@@ -66,28 +68,44 @@ class JobClock:
 
         The first time this process sees the job in that state, the age it already
         had is read on the queue's clock, ``queue_now`` (Redis ``TIME``, aware UTC;
-        ``None``: unknown, counted as 0) less BullMQ's stamp, never below 0. From
-        then on it grows on the monotonic clock. A job this process requested is
-        never older than its request.
+        ``None``: unknown, counted as 0), never below 0: an active job's from
+        ``processedOn``, but never more than the job's own age (its ``timestamp``,
+        which retro stamps from the queue's clock when it adds a job), so a worker
+        clock that jumped cannot age it; a waiting job's from its ``timestamp``, or
+        from first sight if a worker took it before (a BullMQ-level retry, whose
+        ``timestamp`` is its first add). From then on the age grows on the monotonic
+        clock. A job this process requested is never older than its request.
         """
         if view.state in FINISHED:
             return view
         active = view.state == ACTIVE
-        stamp = view.processed_at if active else view.created_at
-        key = (job_id, ACTIVE if active else "waiting", stamp)
+        key = (job_id, ACTIVE if active else "waiting", view.created_at, view.processed_at)
         now = self.monotonic()
         since = self._since.get(key)
         if since is None:
-            head = 0.0
-            if queue_now is not None and stamp is not None:
-                head = max(0.0, (queue_now - stamp).total_seconds())
-            since = now - head
+            since = now - self._head(view, active, queue_now)
             self._remember(self._since, key, since)
         asked = self._requested.get(job_id)
         if asked is not None:
             since = max(since, asked)
         age = max(0.0, now - since)
         return replace(view, active_for=age) if active else replace(view, waiting_for=age)
+
+    @staticmethod
+    def _head(view: JobView, active: bool, queue_now: datetime | None) -> float:
+        """Seconds of age ``view`` already had when first seen (see :meth:`measure`)."""
+        if queue_now is None:
+            return 0.0
+        ages = [
+            (queue_now - stamp).total_seconds()
+            for stamp in (view.processed_at if active else None, view.created_at)
+            if stamp is not None
+        ]
+        if not active and view.processed_at is not None:
+            return 0.0  # taken before: its wait started after that attempt, unseen
+        if active and view.processed_at is None:
+            return 0.0
+        return max(0.0, min(ages)) if ages else 0.0
 
     def _remember(self, memory: OrderedDict[K, float], key: K, value: float) -> None:
         memory[key] = value

@@ -329,8 +329,15 @@ def why_waiting(
     job: JobView | None, *, workers: int | None, paused: bool | None
 ) -> WaitReason | None:
     """Why ``job`` still waits for a consumer, or ``None`` if it is not waiting
-    (progressing, finished, lost or absent). ``workers``/``paused`` as in :class:`Facts`."""
-    if job is None or job.meaning is not JobMeaning.WAITING:
+    (finished, lost, absent, or held by a worker). ``workers``/``paused`` as in
+    :class:`Facts`. An active job on a queue with no worker left waits too: its
+    worker died, and only a worker that comes back re-queues it (BullMQ's stalled
+    check runs in workers), so it is shown as no worker, not timed out."""
+    if job is None:
+        return None
+    if job.meaning is JobMeaning.PROGRESSING:
+        return WaitReason.NO_WORKER if workers == 0 else None
+    if job.meaning is not JobMeaning.WAITING:
         return None
     if job.state == JobState.WAITING_CHILDREN:
         return WaitReason.CHILDREN

@@ -338,15 +338,39 @@ class Queues:
             log.warning("orphaned job hash %s is locked by a worker; not removed yet", job_id)
         return removed
 
-    async def enqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
-        """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists)."""
-        await self.queue(phase).add(JOB_NAMES[phase], dict(payload), self.options.for_job(job_id))
+    async def enqueue(
+        self,
+        phase: Phase,
+        job_id: str,
+        payload: Mapping[str, Any],
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Step 3: add the job (a no-op in BullMQ if ``job_id`` already exists).
 
-    async def reenqueue(self, phase: Phase, job_id: str, payload: Mapping[str, Any]) -> None:
+        ``at`` (aware UTC) becomes the job's ``timestamp`` (BullMQ's own ``timestamp``
+        option; default: this host's wall clock, as BullMQ does): retro passes the
+        queue's clock (:mod:`retro.clock`), so a job's age never depends on retro's
+        wall clock.
+        """
+        opts = self.options.for_job(job_id)
+        if at is not None:
+            opts["timestamp"] = round(at.timestamp() * 1000)
+        await self.queue(phase).add(JOB_NAMES[phase], dict(payload), opts)
+
+    async def reenqueue(
+        self,
+        phase: Phase,
+        job_id: str,
+        payload: Mapping[str, Any],
+        *,
+        at: datetime | None = None,
+    ) -> None:
         """Enqueue a lost job again: remove its orphaned hash first, if any
-        (:meth:`remove_orphan`), so BullMQ does not ignore the add."""
+        (:meth:`remove_orphan`), so BullMQ does not ignore the add (``at`` as in
+        :meth:`enqueue`)."""
         await self.remove_orphan(phase, job_id)
-        await self.enqueue(phase, job_id, payload)
+        await self.enqueue(phase, job_id, payload, at=at)
 
     async def remove_unstarted(self, phase: Phase, job_id: str) -> bool:
         """Remove ``job_id`` if it has not started (waiting/delayed/prioritized/

@@ -350,3 +350,59 @@ async def test_a_job_waiting_for_children_is_named_as_the_reason(
         assert app.queues is not None
         assert (await app.queues.job_view(Phase.ANALYSIS, JOB)).state == "waiting-children"
         await watch_the_wait(app, run_id, "waiting-children", caplog)
+
+
+async def test_an_active_job_whose_worker_died_shows_as_a_wait_not_healthy_silence(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker takes the job and dies with no other worker on the queue: BullMQ's
+    stalled check runs only in workers, so nothing moves it. It costs no attempt, and
+    it must not look healthy either: status names the missing worker at once, and past
+    the budget the metric and /healthz (degraded) show it."""
+    from bullmq import Worker
+
+    caplog.set_level(logging.INFO, logger="retro")
+    await make_host(backend)
+    settings = settings_for(backend, analysis_timeout=0.2, **WAIT_SETTINGS)
+    async with App(settings) as app:
+        run_id = await seed_one(app)
+        await app.tick(now=now())
+        worker = Worker(
+            settings.analysis_queue,
+            lambda *_: None,
+            {"connection": app.redis_url, "prefix": backend.prefix, "autorun": False},
+        )
+        taken = await worker.moveToActive("dead-worker")
+        assert taken is not None and taken.id == JOB
+        await worker.close()  # the worker process is gone
+        await eventually(lambda: _no_workers(app), timeout=10)
+        await app.tick(now=now())
+        document = status_json(await app.status(now=now()), now=now())
+        (item,) = document["in_flight"]
+        assert item["job_state"] == "active"
+        assert item["waiting"]["reason"] == "no-worker", item
+        await asyncio.sleep(0.4)  # past queue_wait_budget (0.3 s) and analysis_timeout
+        await app.tick(now=now())
+        oldest = app.metrics.registry.get_sample_value(
+            "retro_oldest_waiting_job_seconds", {"queue": "analysis-queue"}
+        )
+        assert oldest is not None and oldest > 0.3
+        health = Health(
+            sync_engine(app.settings.database_url), app.redis_url, app.metrics, tick_interval=2
+        )
+        try:
+            healthy, body = health.check()
+        finally:
+            health.close()
+            health.engine.dispose()
+        assert healthy and body["status"] == "degraded", body
+        assert [w["reason"] for w in body["waiting"]] == ["no-worker"]
+        run = await get_run(app, run_id)
+        assert (run.state, run.attempt) == ("analyzing", 1)
+        types = {e.TYPE for e in await events_of(app, run_id)}
+        assert not {"JobFailed", "PhaseTimedOut", "RunFailed"} & types
+
+
+async def _no_workers(app: App) -> bool:
+    assert app.queues is not None
+    return await app.queues.worker_count(Phase.ANALYSIS) == 0

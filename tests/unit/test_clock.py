@@ -83,12 +83,31 @@ def test_a_job_this_process_requested_is_never_older_than_its_request() -> None:
     clock = JobClock(mono)
     clock.requested("j")  # e.g. adopting a job a worker took an hour ago
     mono.now += 2
-    view = clock.measure("j", active(T0 - HOUR), queue_now=T0)
+    view = clock.measure("j", active(T0 - HOUR, created=T0 - 2 * HOUR), queue_now=T0)
     assert view.active_for == 2
     # Waiting, too: a job added with a stamp from a wall clock an hour behind.
     clock.requested("k")
     mono.now += 1
     assert clock.measure("k", waiting(T0 - HOUR), queue_now=T0).waiting_for == 1
+
+
+def test_an_active_job_is_never_older_than_the_job_itself() -> None:
+    # A worker whose clock is an hour behind stamps processedOn an hour "ago"; the
+    # job was added (timestamp, on the queue's clock) 7 s ago: it ran 7 s at most.
+    clock = JobClock(Ticking())
+    view = clock.measure("j", active(T0 - HOUR, created=T0 - timedelta(seconds=7)), queue_now=T0)
+    assert view.active_for == 7
+
+
+def test_a_job_taken_before_waits_from_first_sight_not_from_its_first_add() -> None:
+    # A BullMQ-level retry: back to waiting/delayed with its first add's timestamp
+    # and its last attempt's processedOn. Its wait is counted from first sight.
+    mono = Ticking()
+    clock = JobClock(mono)
+    retried = JobView(state="delayed", created_at=T0, processed_at=T0 + timedelta(seconds=1))
+    assert clock.measure("j", retried, queue_now=T0 + timedelta(seconds=20)).waiting_for == 0
+    mono.now += 4
+    assert clock.measure("j", retried, queue_now=T0 + timedelta(seconds=24)).waiting_for == 4
 
 
 @pytest.mark.parametrize("state", ["waiting", "prioritized", "delayed", "waiting-children"])

@@ -612,7 +612,10 @@ def test_why_a_job_waits() -> None:
     assert why_waiting(waiting, workers=0, paused=True) is WaitReason.PAUSED
     assert why_waiting(waiting, workers=2, paused=False) is WaitReason.UNKNOWN
     assert why_waiting(job("waiting-children"), workers=0, paused=True) is WaitReason.CHILDREN
-    assert why_waiting(job("active"), workers=0, paused=True) is None
+    # An active job with no worker left: its worker died; shown as no worker.
+    assert why_waiting(job("active"), workers=0, paused=True) is WaitReason.NO_WORKER
+    assert why_waiting(job("active"), workers=1, paused=False) is None
+    assert why_waiting(job("active"), workers=None, paused=False) is None
     assert why_waiting(job("unknown"), workers=0, paused=True) is None
     wait = Waiting(queue="q", seconds=750.0, reason=WaitReason.PAUSED, budget=600.0)
     assert (wait.text, wait.over_budget) == ("waiting 12 min on q: queue paused", True)
