@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from retro.events import Requested
 from retro.store import runs
@@ -201,6 +202,16 @@ async def test_a_daemon_whose_clock_jumps_charges_nothing_and_stays_truthful(
     for history in histories:
         assert [e.TYPE for e in history if isinstance(e, CHARGED)] == [], log_text[-3000:]
         assert {e.attempt for e in history if isinstance(e, Requested)} == {1}
+    # Every job was added while the daemon's clock was off by hours, yet its BullMQ
+    # timestamp is the queue's clock (Redis TIME), within a minute of real time.
+    redis = Redis.from_url(server_redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{backend.prefix}:*-retro-*")]
+        stamps = [await redis.hget(k, "timestamp") for k in keys if await redis.type(k) == b"hash"]
+    finally:
+        await redis.aclose()
+    assert len(stamps) == 3 * len(MATCHES), keys
+    assert all(abs(int(t) / 1000 - time.time()) < 120 for t in stamps), stamps
     pauses = journal.hand_offs(down)
     assert len(pauses) == 2 * len(MATCHES)
     assert max(pauses) <= HAND_OFF_LIMIT, pauses
