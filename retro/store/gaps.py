@@ -171,6 +171,7 @@ def _readable_sql(column: str) -> str:
     )
     conditions = [
         among(mask, masks),
+        f"{at(5, 1)} = '-' AND {at(8, 1)} = '-'",  # the mask took a '+' there for '-'
         among(at(1, 1), ["1", "2"]),
         among(month, two(1, 12)),
         day_ok,

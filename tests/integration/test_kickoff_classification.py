@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, text
 
@@ -143,6 +143,8 @@ NEAR_MISSES = (
     lambda s: s[:4] + s[5:7] + s[8:],
     lambda s: "0" + s[1:],
     lambda s: s + "+24:00",
+    lambda s: s[:4] + "+" + s[5:],  # a sign where the date's dash is
+    lambda s: s[:7] + "+" + s[8:],
 )
 
 
@@ -162,7 +164,14 @@ def test_the_classifier_knows_the_documented_forms() -> None:
     assert expected("2025-05-20 21:00:00.5+02:00") == "gap"
     assert expected("2025-05-20") == "gap"
     assert expected("2025-05-21T12:00:00.000001Z") == "outside"
-    for bad in ("2025-05-20t19:00Z", " 2025-05-20T19:00Z", "2025-05-20T24:00", "2025-02-29"):
+    for bad in (
+        "2025-05-20t19:00Z",
+        " 2025-05-20T19:00Z",
+        "2025-05-20T24:00",
+        "2025-02-29",
+        "2025+05-20",
+        "2025-05+20T19:00Z",
+    ):
         assert expected(bad) == "unreadable"
 
 
@@ -229,6 +238,7 @@ async def scan_texts(url: str, texts: list[str]) -> gaps.Scan:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(texts=st.lists(kickoff_texts(), min_size=1, max_size=12))
+@example(texts=["2025+05-20", "2025-05+20", "2025-05-20 12:00:00+00", "2025-05-20T12:00+0530"])
 def test_each_kickoff_text_is_classified_once(database_url: str, texts: list[str]) -> None:
     result = asyncio.run(scan_texts(database_url, texts))
     ids = [f"m{i:02d}" for i in range(len(texts))]
