@@ -21,7 +21,7 @@ from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Event, JobReenqueued, Phase, Requested, RunFailed, RunSeeded
-from retro.logs import run_fields
+from retro.logs import logfmt_value, run_fields
 from retro.machine import (
     TERMINAL,
     Facts,
@@ -852,4 +852,5 @@ def job_payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
 
 
 def _describe(event: Event) -> str:
-    return " ".join(f"{k}={v}" for k, v in event.data().items())
+    """``event``'s data as ``key=value`` pairs, each value :func:`logfmt_value`-quoted."""
+    return " ".join(f"{k}={logfmt_value(v)}" for k, v in event.data().items())

@@ -107,7 +107,7 @@ class ConsoleFormatter(logging.Formatter):
         line = super().format(record)
         extras = fields_of(record)
         if extras:
-            pairs = " ".join(f"{key}={_console_value(value)}" for key, value in extras.items())
+            pairs = " ".join(f"{key}={logfmt_value(value)}" for key, value in extras.items())
             head, newline, rest = line.partition("\n")  # fields before a traceback
             line = f"{head} {pairs}{newline}{rest}"
         return mask(line)
@@ -121,7 +121,10 @@ def _continued(text: str) -> str:
     return "\n".join(INDENT + escape(line) for line in text.split("\n"))
 
 
-def _console_value(value: object) -> str:
+def logfmt_value(value: object) -> str:
+    """``value`` as a logfmt value: as it is, or JSON-quoted when it holds a space,
+    a quote, ``=``, or a character that is not printable (escaped), so text from
+    outside can neither end a line nor pass for another ``key=value`` pair."""
     text = str(value)
     if not text or not text.isprintable() or any(c in ' "=' for c in text):
         return json_safe(json.dumps(text, ensure_ascii=False))

@@ -15,7 +15,7 @@ from datetime import datetime
 from retro.app import App
 from retro.config import mask
 from retro.events import Phase, RunCancelled
-from retro.logs import run_fields
+from retro.logs import logfmt_value, run_fields
 from retro.machine import LIVE, TERMINAL, Run, Step, clip
 from retro.queue import UNSTARTED_STATES
 from retro.store import runs
@@ -209,7 +209,7 @@ async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> C
             removed = removed or removed_again
         log.info(
             "RunCancelled reason=%s job_state=%s job_removed=%s",
-            reason,
+            logfmt_value(reason),
             state,
             removed,
             extra=run_fields(run.id, run.match_id, run.job_id, "RunCancelled"),

@@ -140,14 +140,16 @@ async def test_outside_text_is_escaped_in_logs_status_and_history(
         about = [r for r in records if r.get("match") == MATCH_ID]  # the encoder's escape
         failed = [r for r in about if r.get("event") == "JobFailed"]
         assert len(failed) == 1, records
-        assert "reason=no\\n2031-01-01" in failed[0]["msg"], failed  # clipped: escaped
+        # clipped (escaped), then quoted as a logfmt value inside the message
+        assert 'reason="no\\\\n2031-01-01' in failed[0]["msg"], failed
         assert "\\u2028x" in failed[0]["msg"], failed
         assert '"match": "m\\n2031-01-01 00:00:00,000 INFO retro forged\\u2028y"' in logs
     else:
         assert all(CONSOLE_LINE.match(line) for line in lines), logs
         failed_lines = [line for line in lines if "event=JobFailed" in line]
         assert len(failed_lines) == 1, logs
-        assert "reason=no\\n2031-01-01 00:00:00,000 INFO retro forged\\u2028x" in failed_lines[0]
+        forged = 'reason="no\\\\n2031-01-01 00:00:00,000 INFO retro forged\\\\u2028x"'
+        assert forged in failed_lines[0], failed_lines
         assert 'match="m\\n2031-01-01 00:00:00,000 INFO retro forged\\u2028y"' in failed_lines[0]
 
     status = await asyncio.to_thread(invoke_retro, "status", cwd=tmp_path, env=env)

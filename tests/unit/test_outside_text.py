@@ -228,3 +228,21 @@ def test_json_logs_escape_outside_text_by_the_encoder(stderr: Callable[[], str])
     assert records[0]["msg"] == f"match {EVIL} failed: {EVIL}"
     assert records[0]["match"] == EVIL and records[0]["team"] == "[red]x"
     assert records[1]["msg"] == f"boom {EVIL}" and EVIL in records[1]["exc_info"]
+
+
+def test_event_data_in_a_log_message_cannot_pass_for_fields() -> None:
+    """A worker's failure reason that looks like ``key=value`` pairs stays one quoted
+    value: a logfmt reader sees ``reason`` alone, never a forged ``run``/``event``."""
+    from retro.app import _describe
+    from retro.events import JobFailed
+    from retro.logs import logfmt_value
+
+    spoof = 'boom run=000000000000 event=RunCompleted match="p-0"'
+    text = _describe(
+        JobFailed(at=datetime(2025, 5, 20, tzinfo=UTC), phase="analysis", reason=spoof)
+    )
+    assert f"reason={json.dumps(spoof)}" in text
+    assert " run=000000000000" not in text.replace(json.dumps(spoof), "")
+    assert logfmt_value("plain-id_1") == "plain-id_1"
+    assert logfmt_value("a b") == '"a b"'
+    assert logfmt_value("k=v") == '"k=v"'
