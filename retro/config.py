@@ -46,6 +46,11 @@ LogFormat = Literal["console", "json"]
 DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+psycopg")
 
 
+MAX_SECONDS = 10 * 365 * 86400.0
+"""Longest duration a setting takes (ten years): past it a typo, and past
+``datetime``'s range a crash."""
+
+
 class ConfigError(ValueError):
     """A setting is unusable; the message names it (and never holds a password)."""
 
@@ -63,6 +68,7 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="forbid",
         toml_file="retro.toml",
+        allow_inf_nan=False,  # RETRO_COOLDOWN=inf is a typo, not a duration
     )
 
     database_url: str = "sqlite+aiosqlite:///retro.db"
@@ -77,9 +83,9 @@ class Settings(BaseSettings):
     analysis_queue: str = "analysis-queue"
     predictions_queue: str = "predictions-queue"
     settlement_queue: str = "settlement-queue"
-    analysis_timeout: float = Field(120.0, gt=0)
-    predictions_timeout: float = Field(300.0, gt=0)
-    settlement_timeout: float = Field(60.0, gt=0)
+    analysis_timeout: float = Field(120.0, gt=0, le=MAX_SECONDS)
+    predictions_timeout: float = Field(300.0, gt=0, le=MAX_SECONDS)
+    settlement_timeout: float = Field(60.0, gt=0, le=MAX_SECONDS)
     max_attempts: int = Field(3, ge=1, le=100)
     max_reenqueues: int = Field(
         3,
@@ -90,32 +96,44 @@ class Settings(BaseSettings):
     queue_wait_budget: float = Field(
         600.0,
         gt=0,
+        le=MAX_SECONDS,
         description="schedule-to-start budget: seconds a requested job may wait for a worker "
         "before status, metrics and /healthz report it",
     )
     analysis_queue_wait_budget: float | None = Field(
-        None, gt=0, description="queue_wait_budget for analysis jobs (unset: the global one)"
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="queue_wait_budget for analysis jobs (unset: the global one)",
     )
     predictions_queue_wait_budget: float | None = Field(
-        None, gt=0, description="queue_wait_budget for predictions jobs (unset: the global one)"
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="queue_wait_budget for predictions jobs (unset: the global one)",
     )
     settlement_queue_wait_budget: float | None = Field(
-        None, gt=0, description="queue_wait_budget for settlement jobs (unset: the global one)"
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="queue_wait_budget for settlement jobs (unset: the global one)",
     )
     queue_wait_charged: bool = Field(
         False,
         description="a job waiting longer than its queue_wait_budget fails the attempt "
         "(default: it is only reported)",
     )
-    retry_backoff: float = Field(5.0, ge=0, description="first retry delay; doubles per attempt")
+    retry_backoff: float = Field(
+        5.0, ge=0, le=MAX_SECONDS, description="first retry delay; doubles per attempt"
+    )
     job_attempts: int = Field(1, ge=1, le=100, description="BullMQ-level attempts per job")
     job_backoff_ms: int = Field(1000, ge=0, description="BullMQ-level backoff, milliseconds")
     job_priority: int = Field(3, ge=0)
-    tick_interval: float = Field(2.0, gt=0)
-    scan_interval: float = Field(900.0, gt=0)
+    tick_interval: float = Field(2.0, gt=0, le=MAX_SECONDS)
+    scan_interval: float = Field(900.0, gt=0, le=MAX_SECONDS)
     scan_days: int = Field(14, ge=0, le=3650)
     max_in_flight: int = Field(1, ge=1, le=10_000)
-    cooldown: float = Field(86400.0, ge=0)
+    cooldown: float = Field(86400.0, ge=0, le=MAX_SECONDS)
     expected_predictions: int | None = Field(None, ge=0)
     analysis_job_id: str = "analyze-retro-{matchId}"
     predictions_job_id: str = "predict-retro-{matchId}"

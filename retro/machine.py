@@ -389,9 +389,14 @@ class Policy:
         return jobids.job_id(self.job_ids[phase], match_id)
 
     def backoff(self, attempt: int) -> timedelta:
-        """Delay before attempt ``attempt + 1``: ``retry_backoff · 2^(attempt-1)`` seconds."""
-        return timedelta(seconds=self.retry_backoff * 2 ** max(attempt - 1, 0))
+        """Delay before attempt ``attempt + 1``: ``retry_backoff · 2^(attempt-1)`` seconds,
+        at most :data:`MAX_BACKOFF` (a long chain of attempts must not overflow)."""
+        exponent = min(max(attempt - 1, 0), 64)
+        return timedelta(seconds=min(self.retry_backoff * 2**exponent, MAX_BACKOFF))
 
+
+MAX_BACKOFF = 86400.0
+"""Longest retry back-off, seconds (a day), however many attempts came before."""
 
 REASON_LIMIT = 500
 """Longest failure reason kept in events and the projection (characters)."""

@@ -272,3 +272,22 @@ def test_docs_list_every_setting_and_every_variable() -> None:
         assert f"`{variable}`" in section, f"{variable} is not in docs/config.md"
     for variable, option in COMMAND_LINE_ONLY.items():
         assert f"| `{option}`" in section and f"`{variable}`" in section, option
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e12"])
+@pytest.mark.parametrize(
+    "name", ["cooldown", "queue_wait_budget", "retry_backoff", "tick_interval"]
+)
+def test_durations_are_finite_and_bounded(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(**{name: value})
+
+
+def test_a_long_chain_of_attempts_backs_off_at_most_a_day() -> None:
+    from datetime import timedelta
+
+    from retro.machine import MAX_BACKOFF, Policy
+
+    policy = Policy(retry_backoff=5.0)
+    assert policy.backoff(3) == timedelta(seconds=20)
+    assert policy.backoff(100) == policy.backoff(10_000) == timedelta(seconds=MAX_BACKOFF)
