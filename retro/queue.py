@@ -274,12 +274,21 @@ class Queues:
     async def job_view_in(self, phase: Phase, job_id: str, state: str) -> JobView:
         """The second half of :meth:`job_view`: ``job_id``'s data, read after its
         ``state`` was (so a finished state comes with its outcome). An ``unknown``
-        job whose hash exists is ``orphaned`` (BullMQ issue 1644)."""
+        job whose hash exists is ``orphaned`` (BullMQ issue 1644); while a worker's
+        lock is still on it, it reads as ``active`` (a re-add would be ignored)."""
         named, unrecognized = read_state(state)
         queue = self.queue(phase)
         if named is JobState.UNKNOWN:
-            orphaned = bool(await queue.client.exists(queue.toKey(job_id)))
-            return JobView(state=JobState.UNKNOWN, orphaned=orphaned)
+            key = queue.toKey(job_id)
+            async with queue.client.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.exists(f"{key}:lock")
+                orphaned, locked = await pipe.execute()
+            if not (orphaned and locked):
+                return JobView(state=JobState.UNKNOWN, orphaned=bool(orphaned))
+            # A worker's lock is still on the orphan: it is being worked on (its
+            # remove is refused until the lock expires), so it counts as active.
+            named = JobState.ACTIVE
         job = await Job.fromId(queue, job_id)
         if job is None:
             return JobView(state=JobState.UNKNOWN)
@@ -289,6 +298,7 @@ class Queues:
             processed_at=_instant(job.processedOn),
             finished_at=_instant(job.finishedOn),
             failed_reason=job.failedReason,
+            orphaned=named is JobState.ACTIVE and read_state(state)[0] is JobState.UNKNOWN,
             unrecognized=unrecognized,
         )
 
@@ -297,6 +307,10 @@ class Queues:
         ``job_id``, which is stale since the new intent comes after it, and an
         orphaned hash (in no state list), which would make BullMQ ignore the add;
         leave any other state to be adopted. Returns the view after the cleanup.
+
+        An orphan with a worker's lock on it reads as ``active`` (and ``orphaned``):
+        its remove is refused until the lock expires, so re-adding it now would be
+        ignored by BullMQ.
 
         A fresh job id (the usual case) costs one round trip: no job hash, no job.
         Otherwise the state is read before the data, as in :meth:`job_view`.
@@ -309,10 +323,10 @@ class Queues:
             await queue.remove(job_id)
             log.info("removed stale %s job %s", view.state, job_id)
             return JobView(state=JobState.UNKNOWN)
-        if view.orphaned:
+        if view.orphaned and view.state is JobState.UNKNOWN:
             await self.remove_orphan(phase, job_id)
             return JobView(state=JobState.UNKNOWN)
-        return view
+        return view  # adopted: queued, running, or an orphan a worker's lock still holds
 
     async def remove_finished(self, phase: Phase, job_id: str) -> None:
         """Remove ``job_id``, already seen completed or failed (a stale leftover)."""

@@ -406,3 +406,34 @@ async def test_an_active_job_whose_worker_died_shows_as_a_wait_not_healthy_silen
 async def _no_workers(app: App) -> bool:
     assert app.queues is not None
     return await app.queues.worker_count(Phase.ANALYSIS) == 0
+
+
+async def test_an_orphan_a_worker_still_locks_is_not_re_added_until_the_lock_goes(
+    backend: Backend,
+) -> None:
+    """An orphaned hash with a live ``:lock``: BullMQ refuses to remove it, so a re-add
+    would be ignored and would only use up ``max_reenqueues``. It counts as active
+    until the lock goes; then it is re-added once and the run heals."""
+    await make_host(backend)
+    async with App(settings_for(backend)) as app:
+        run_id = await seed_one(app)
+        await app.tick(now=now())
+        await orphan(app, backend)
+        redis = Redis.from_url(app.redis_url)
+        lock = f"{backend.prefix}:analysis-queue:{JOB}:lock"
+        try:
+            await redis.set(lock, "a-worker-token", ex=60)
+            assert app.queues is not None
+            view = await app.queues.job_view(Phase.ANALYSIS, JOB)
+            assert (view.state, view.orphaned) == ("active", True)
+            for _ in range(5):
+                await app.tick(now=now())
+            events = await events_of(app, run_id)
+            assert [e for e in events if isinstance(e, JobReenqueued | RunFailed)] == []
+            await redis.delete(lock)  # the lock expires
+        finally:
+            await redis.aclose()
+        run = await heal(app, backend, run_id)
+        events = await events_of(app, run_id)
+    assert run.state == "done"
+    assert len([e for e in events if isinstance(e, JobReenqueued)]) == 1
