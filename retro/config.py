@@ -23,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -358,6 +359,14 @@ def check_keys(
 
     env_file = Path(str(Settings.model_config.get("env_file")))
     if env_file.is_file():
+        with env_file.open(encoding="utf-8") as stream:
+            for binding in parse_stream(stream):  # python-dotenv's own parser
+                line = binding.original.line
+                if binding.error:
+                    text = _shown(binding.original.string.strip()[:80])
+                    raise ConfigError(f".env line {line} is not KEY=value: {text}")
+                if binding.key is not None and binding.value is None:
+                    raise ConfigError(f".env line {line}: {_shown(binding.key)} has no =value")
         for name in dotenv_values(env_file, encoding="utf-8"):
             key = name.upper()
             if key in settings_env:

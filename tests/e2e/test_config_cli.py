@@ -185,6 +185,24 @@ BAD_CASES: list[tuple[str, dict[str, str], dict[str, str], list[str]]] = [
         ["unknown setting max_inflight in .env", "did you mean RETRO_MAX_IN_FLIGHT?"],
     ),
     (
+        "dotenv-unparseable-line",
+        {},
+        {".env": "# settings\nRETRO_MAX_IN_FLIGHT 4\n"},
+        [".env line 2 is not KEY=value", "RETRO_MAX_IN_FLIGHT 4"],
+    ),
+    (
+        "dotenv-key-without-value",
+        {},
+        {".env": "RETRO_MAX_IN_FLIGHT\n"},
+        [".env line 1: RETRO_MAX_IN_FLIGHT has no =value"],
+    ),
+    (
+        "env-infinite-duration",
+        {"RETRO_COOLDOWN": "inf"},
+        {},
+        ["invalid setting cooldown (RETRO_COOLDOWN)", "finite"],
+    ),
+    (
         "dotenv-option-variable",
         {},
         {".env": "RETRO_VERBOSE=1\n"},
