@@ -346,9 +346,22 @@ def check_keys(
     settings_env = {setting_env(name) for name in fields}
     other = {name.upper() for name in (*other_env, *HARNESS_ENV, CRASH_ENV)}
     retired = {name.upper(): option for name, option in (command_line_only or {}).items()}
+    seen: dict[str, str] = {}
     for name in sorted(os.environ):
         key = name.upper()
-        if not key.startswith(ENV_PREFIX) or key in settings_env or key in other:
+        if not key.startswith(ENV_PREFIX):
+            continue
+        if key in seen:  # settings are read in any case: which one would win is luck
+            raise ConfigError(
+                f"environment variables {_shown(seen[key])} and {_shown(name)} set the "
+                "same variable (retro reads settings in any case); keep one"
+            )
+        seen[key] = name
+        if key in settings_env:
+            continue
+        if key in other:
+            if name != key:  # options read their variables in capitals only
+                raise ConfigError(f"environment variable {_shown(name)} is read as {key} only")
             continue
         hint = (
             f"; retro reads {retired[key]} only from the command line"

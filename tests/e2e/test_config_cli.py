@@ -197,6 +197,18 @@ BAD_CASES: list[tuple[str, dict[str, str], dict[str, str], list[str]]] = [
         [".env line 1: RETRO_MAX_IN_FLIGHT has no =value"],
     ),
     (
+        "env-lower-case-option-variable",
+        {"retro_eta_window": "abc"},
+        {},
+        ["environment variable retro_eta_window is read as RETRO_ETA_WINDOW only"],
+    ),
+    (
+        "env-one-setting-twice-in-two-cases",
+        {"RETRO_MAX_IN_FLIGHT": "7", "retro_max_in_flight": "4"},
+        {},
+        ["RETRO_MAX_IN_FLIGHT and retro_max_in_flight", "keep one"],
+    ),
+    (
         "env-infinite-duration",
         {"RETRO_COOLDOWN": "inf"},
         {},
