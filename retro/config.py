@@ -168,6 +168,15 @@ class Settings(BaseSettings):
         _check_port(value)
         return value
 
+    @field_validator("embedded_redis_path", mode="before")
+    @classmethod
+    def _check_embedded_redis_path(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a file path, or leave the setting unset")
+        if value is not None and Path(str(value)).is_dir():
+            raise ValueError(f"{value!s} is a folder: give a file path for the RDB file")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:

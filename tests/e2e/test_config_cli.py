@@ -209,6 +209,12 @@ BAD_CASES: list[tuple[str, dict[str, str], dict[str, str], list[str]]] = [
         ["RETRO_MAX_IN_FLIGHT and retro_max_in_flight", "keep one"],
     ),
     (
+        "env-empty-embedded-redis-path",
+        {"RETRO_EMBEDDED_REDIS_PATH": ""},
+        {},
+        ["invalid setting embedded_redis_path", "is empty"],
+    ),
+    (
         "env-infinite-duration",
         {"RETRO_COOLDOWN": "inf"},
         {},
