@@ -246,7 +246,15 @@ def _compact(data: dict[str, Any]) -> str:
 
 
 def _secs(value: float) -> str:
+    """``1.250 s``; a negative span says the recording clock went back."""
+    if value < 0:
+        return f"{value:.3f} s (clock went back)"
     return f"{value:.3f} s"
+
+
+def _since(previous: datetime, at: datetime) -> str:
+    seconds = (at - previous).total_seconds()
+    return ("+" if seconds >= 0 else "") + _secs(seconds)
 
 
 def render_history(found: History) -> None:
@@ -272,7 +280,7 @@ def render_history(found: History) -> None:
             table.add_row(
                 str(event.seq),
                 event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-                "-" if previous is None else "+" + _secs((event.at - previous.at).total_seconds()),
+                "-" if previous is None else _since(previous.at, event.at),
                 shown(event.type),
                 shown(_compact(event.data)),
             )

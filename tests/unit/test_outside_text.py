@@ -246,3 +246,11 @@ def test_event_data_in_a_log_message_cannot_pass_for_fields() -> None:
     assert logfmt_value("plain-id_1") == "plain-id_1"
     assert logfmt_value("a b") == '"a b"'
     assert logfmt_value("k=v") == '"k=v"'
+
+
+def test_history_says_when_the_recording_clock_went_back() -> None:
+    from retro.cli.render import _since
+
+    at = datetime(2025, 5, 20, 12, tzinfo=UTC)
+    assert _since(at, at.replace(second=2)) == "+2.000 s"
+    assert _since(at, at.replace(hour=11)) == "-3600.000 s (clock went back)"
