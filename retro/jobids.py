@@ -49,10 +49,13 @@ QUEUE_KEYS = frozenset(
         "pc",
         "marker",
         "de",
+        "metrics",
     }
 )
 """BullMQ's own keys of a queue, ``{prefix}:{queue}:{name}`` (Node bullmq 5
-``QueueKeys``): a job id equal to one of them would overwrite it."""
+``QueueKeys``, plus ``metrics``, whose ``metrics:completed``/``metrics:failed``
+keys a job ``metrics`` would share): a job id equal to one of them would overwrite
+it, or its sub-keys would."""
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 """A job id Node bullmq reads as an integer (``String(parseInt(id, 10)) === id``)."""
 _ENCODED = re.compile(r"(?:[^%:]|%[0-9A-F]{2})+")
