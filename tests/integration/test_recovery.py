@@ -495,14 +495,14 @@ async def test_sigterm_during_a_slow_enqueue_still_finishes_the_tick(
         real_enqueue = app.queues.enqueue
         seen: list[str] = []
 
-        async def slow_enqueue(phase: Phase, job_id: str, payload: Any) -> None:
+        async def slow_enqueue(phase: Phase, job_id: str, payload: Any, **options: Any) -> None:
             seen.append("started")
             try:
                 await asyncio.sleep(1.0)  # a slow Redis round trip
             except asyncio.CancelledError:
                 seen.append("cancelled")
                 raise
-            await real_enqueue(phase, job_id, payload)
+            await real_enqueue(phase, job_id, payload, **options)
             seen.append("finished")
 
         monkeypatch.setattr(app.queues, "enqueue", slow_enqueue)
