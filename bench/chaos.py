@@ -552,7 +552,7 @@ class Harness:
         daemon_log = (c.workdir / "run.log").read_text(errors="replace")
         self.report.redeliveries = workers_log.count("redelivered after its outcome")
         self.report.worker_db_retries = workers_log.count("database unreachable")
-        self.report.reenqueued = daemon_log.count("re-enqueued (job was unknown)")
+        self.report.reenqueued = daemon_log.count(" retro JobReenqueued ")  # one line a re-add
 
 
 # --- invariants -----------------------------------------------------------------------------
