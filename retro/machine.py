@@ -260,6 +260,9 @@ class JobView:
     unrecognized: str | None = None
     """The state string BullMQ gave when retro does not know it (then ``state`` is
     waiting)."""
+    unrecoverable: bool = False
+    """A failed job whose worker threw BullMQ's ``UnrecoverableError`` (Node or Python):
+    retrying it cannot succeed."""
     active_for: float | None = None
     """Seconds since a worker took the job (start-to-close), measured by the shell on
     clocks a jump of retro's wall clock cannot move (:mod:`retro.clock`); ``None``:
@@ -540,6 +543,14 @@ def _observe_job(
             phase=phase,
             reason=f"job {run.job_id} completed but {_MISSING[phase]}",
             job_created_at=job.created_at,
+        )
+    if job.state == JobState.FAILED and job.unrecoverable:  # no retry can succeed
+        return RunFailed(
+            at=now,
+            reason=clip(
+                f"{phase} job {run.job_id} failed with UnrecoverableError: "
+                f"{job.failed_reason or 'no reason given'}"
+            ),
         )
     if job.state == JobState.FAILED:
         return JobFailed(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -143,6 +144,23 @@ def settlement_payload(
 ) -> dict[str, Any]:
     """``settle-match`` payload: ``{matchId, homeScore, awayScore, status}``."""
     return {"matchId": match_id, "homeScore": home_score, "awayScore": away_score, "status": status}
+
+
+_UNRECOVERABLE = re.compile(
+    r"(?:^|[\s.])UnrecoverableError(?::|$)|^\s*at new UnrecoverableError\b", re.MULTILINE
+)
+"""The error BullMQ workers throw for a job no retry can save. Node's stack starts
+``UnrecoverableError: …`` (a subclass's shows the frame ``at new UnrecoverableError``);
+Python's traceback ends ``…unrecoverable_error.UnrecoverableError: …``."""
+
+
+def unrecoverable(stacktrace: Any) -> bool:
+    """True when the last entry of a failed job's ``stacktrace`` (BullMQ keeps one per
+    failed attempt) was thrown as ``UnrecoverableError`` (BullMQ's own error for a job
+    that must not be retried), by a Node or a Python worker."""
+    if not isinstance(stacktrace, list) or not stacktrace:
+        return False
+    return _UNRECOVERABLE.search(str(stacktrace[-1])) is not None
 
 
 def _instant(ms: Any) -> datetime | None:
@@ -300,6 +318,7 @@ class Queues:
             failed_reason=job.failedReason,
             orphaned=named is JobState.ACTIVE and read_state(state)[0] is JobState.UNKNOWN,
             unrecognized=unrecognized,
+            unrecoverable=named is JobState.FAILED and unrecoverable(job.stacktrace),
         )
 
     async def clear_stale(self, phase: Phase, job_id: str) -> JobView:

@@ -743,3 +743,42 @@ async def test_a_retry_without_backoff_keeps_the_failed_job_until_its_failure_is
         assert "analysis upstream down" in failure.reason
         await app.tick(now=now())
         assert attempts(await events_of(app, run_id)) == [1, 2]
+
+
+# --- a failure the worker marks unrecoverable (issue 10, point 5) ----------------------
+
+
+async def test_an_unrecoverable_failure_ends_the_run_after_one_attempt(
+    backend: Backend,
+) -> None:
+    """A worker throws BullMQ's ``UnrecoverableError``: the run fails at once with the
+    worker's reason, and no retry is spent (``max_attempts`` 3 would allow two)."""
+    from bullmq import UnrecoverableError
+
+    await make_host(backend, analysis=False)
+    settings = settings_for(backend, retry_backoff=0, max_attempts=3, job_attempts=3)
+    async with App(settings) as app:
+        run_id = await seed_one(app)
+        await app.tick(now=now())
+        calls: list[str] = []
+
+        async def never(job: Any, token: str) -> None:
+            calls.append(job.id)
+            raise UnrecoverableError("fixture unknown to the data provider")
+
+        worker = Worker(
+            settings.analysis_queue, never, {"connection": app.redis_url, "prefix": backend.prefix}
+        )
+        try:
+            run = await get_run(app, run_id)
+            await eventually(lambda: _state_is(app, run, "failed"))
+        finally:
+            await worker.close()
+        await app.tick(now=now())
+        events = await events_of(app, run_id)
+    assert calls == [run.job_id]  # BullMQ's own attempts skipped too
+    assert [e.TYPE for e in events] == ["RunSeeded", "AnalysisRequested", "RunFailed"]
+    assert events[-1].reason == (  # type: ignore[attr-defined]
+        f"analysis job {run.job_id} failed with UnrecoverableError: "
+        "fixture unknown to the data provider"
+    )

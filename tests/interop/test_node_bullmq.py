@@ -392,6 +392,40 @@ async def test_node_failure_that_persists_fails_the_run(
     assert "node says no, always" in status.stdout, status
 
 
+async def test_node_unrecoverable_error_fails_the_run_without_a_retry(
+    backend: Backend, node_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """A Node worker throws BullMQ's ``UnrecoverableError``: the run fails at once with
+    the worker's reason; no retry is spent although ``max_attempts`` allows three."""
+    gaps = await season.seed(backend.database_url, only=("f-predict",))
+    worker = node_workers("node-never", worker_env(backend, FAIL_NEVER="predictions:f-predict"))
+    started = retro(tmp_path, backend, "start", "--days", "14")
+    assert started.code == 0, started
+    ran = retro(
+        tmp_path,
+        backend,
+        "run",
+        "--until-idle",
+        "--no-scan",
+        "--tick-interval",
+        "0.5",
+        RETRO_RETRY_BACKOFF="0.2",
+        RETRO_MAX_ATTEMPTS="3",
+    )
+    assert ran.code == 0, f"{ran}\n{worker.output()}"
+    by_match = await events_by_match(backend.database_url)
+    assert set(by_match) == {g.match_id for g in gaps}
+    doomed = by_match["f-predict"]
+    asked = [e for e in doomed if isinstance(e, PredictionsRequested)]
+    assert len(asked) == 1, kinds(doomed)
+    assert [e for e in doomed if isinstance(e, JobFailed)] == [], kinds(doomed)
+    end = doomed[-1]
+    assert isinstance(end, RunFailed), kinds(doomed)
+    assert end.reason == (
+        "predictions job predict-retro-f-predict failed with UnrecoverableError: node says never"
+    )
+
+
 async def test_node_job_that_hangs_is_timed_out(
     backend: Backend, node_workers: StartWorkers, tmp_path: Path
 ) -> None:

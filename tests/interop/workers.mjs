@@ -17,6 +17,8 @@
 //   FAIL_ONCE        "phase:matchId,…": the first execution of that phase for that match
 //                    throws Error("node says no") (phase: analysis|predictions|settlement)
 //   FAIL_ALWAYS      "phase:matchId,…": every execution throws Error("node says no, always")
+//   FAIL_NEVER       "phase:matchId,…": every execution throws BullMQ's
+//                    UnrecoverableError("node says never") (retro must not retry it)
 //   SHORT_ONCE       "matchId,…": the first predictions job writes only one prediction
 //                    and completes (retro must see the data is short and ask again)
 //   HANG_ONCE        "phase:matchId,…": the first execution holds the job HANG_SECONDS
@@ -29,7 +31,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Worker } from 'bullmq';
+import { UnrecoverableError, Worker } from 'bullmq';
 import pg from 'pg';
 
 const BULLMQ_VERSION = JSON.parse(
@@ -53,6 +55,7 @@ function pairs(text) {
 }
 const FAIL_ONCE = pairs(env.FAIL_ONCE);
 const FAIL_ALWAYS = pairs(env.FAIL_ALWAYS);
+const FAIL_NEVER = pairs(env.FAIL_NEVER);
 const SHORT_ONCE = pairs(env.SHORT_ONCE);
 const HANG_ONCE = pairs(env.HANG_ONCE);
 const HANG_MS = Number(env.HANG_SECONDS || 2) * 1000;
@@ -425,6 +428,7 @@ function processor(phase, stage) {
       // As hosts do: a line in the job's own logs list, {prefix}:{queue}:{jobId}:logs.
       await job.log(`${env.WORKER_NAME || 'node-host'} took ${job.name} for match ${JSON.stringify(matchId)}`);
       if (FAIL_ALWAYS.has(`${phase}:${matchId}`)) throw new Error('node says no, always');
+      if (FAIL_NEVER.has(`${phase}:${matchId}`)) throw new UnrecoverableError('node says never');
       if (FAIL_ONCE.has(`${phase}:${matchId}`) && !(await ranBefore(phase, matchId, 'error: node says no'))) {
         throw new Error('node says no');
       }
@@ -440,7 +444,9 @@ function processor(phase, stage) {
       await record(phase, job, started, `error: ${reason}`).catch((e) =>
         console.error(`could not journal ${job.id}: ${e.message}`),
       );
-      throw new Error(reason);
+      // UnrecoverableError as it is: BullMQ must see it to skip its retries (and so
+      // must retro, from the stack BullMQ stores).
+      throw err instanceof UnrecoverableError ? err : new Error(reason);
     }
   };
 }
