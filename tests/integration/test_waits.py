@@ -224,6 +224,20 @@ async def test_cancel_removes_an_orphaned_hash(backend: Backend) -> None:
 # --- schedule-to-start: jobs no worker takes ------------------------------------------
 
 
+def degraded(app: App) -> dict[str, Any]:
+    """``/healthz``'s body for ``app``, which must answer 200 ``degraded``."""
+    health = Health(
+        sync_engine(app.settings.database_url), app.redis_url, app.metrics, tick_interval=2
+    )
+    try:
+        healthy, body = health.check()
+    finally:
+        health.close()
+        health.engine.dispose()
+    assert healthy and body["status"] == "degraded", body
+    return body
+
+
 async def watch_the_wait(
     app: App, run_id: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -246,15 +260,7 @@ async def watch_the_wait(
     (item,) = document["in_flight"]
     assert (item["waiting"]["reason"], item["waiting"]["over_budget"]) == (reason, True)
     assert item["waiting"]["text"].startswith("waiting ")
-    health = Health(
-        sync_engine(app.settings.database_url), app.redis_url, app.metrics, tick_interval=2
-    )
-    try:
-        healthy, body = health.check()
-    finally:
-        health.close()
-        health.engine.dispose()
-    assert healthy and body["status"] == "degraded", body
+    body = degraded(app)
     assert [(w["queue"], w["reason"]) for w in body["waiting"]] == [("analysis-queue", reason)]
     run = await get_run(app, run_id)
     assert (run.state, run.attempt) == ("analyzing", 1)
@@ -387,16 +393,7 @@ async def test_an_active_job_whose_worker_died_shows_as_a_wait_not_healthy_silen
             "retro_oldest_waiting_job_seconds", {"queue": "analysis-queue"}
         )
         assert oldest is not None and oldest > 0.3
-        health = Health(
-            sync_engine(app.settings.database_url), app.redis_url, app.metrics, tick_interval=2
-        )
-        try:
-            healthy, body = health.check()
-        finally:
-            health.close()
-            health.engine.dispose()
-        assert healthy and body["status"] == "degraded", body
-        assert [w["reason"] for w in body["waiting"]] == ["no-worker"]
+        assert [w["reason"] for w in degraded(app)["waiting"]] == ["no-worker"]
         run = await get_run(app, run_id)
         assert (run.state, run.attempt) == ("analyzing", 1)
         types = {e.TYPE for e in await events_of(app, run_id)}
