@@ -116,6 +116,7 @@ def test_no_job_id_is_another_jobs_key(a: str, b: str) -> None:
         ("0", "integer"),
         ("wait", "BullMQ's own key names"),
         ("meta", "BullMQ's own key names"),
+        ("metrics", "BullMQ's own key names"),  # Node keeps metrics:completed under it
     ],
 )
 def test_a_job_id_bullmq_cannot_carry_is_refused(job_id: str, rule: str) -> None:
