@@ -573,7 +573,7 @@ class App:
                 asyncio.gather(queues.job_view_in(phase, job_id, state), self._queue_now()),
                 data(),
             )
-            job = self._job_ages(job_id, job, queue_now)
+            job = self.job_clock.measure(job_id, job, queue_now)  # never the wall clock
             waited = job.waiting_for or 0.0
             if job.meaning is JobMeaning.PROGRESSING or (
                 job.meaning is JobMeaning.WAITING and waited >= self.settings.tick_interval
@@ -614,11 +614,6 @@ class App:
             self._wait_said[run.id] = said
             level = logging.WARNING if wait.over_budget else logging.INFO
             log.log(level, "job %s %s", run.job_id, wait.text, extra=fields)
-
-    def _job_ages(self, job_id: str, job: JobView, queue_now: datetime | None) -> JobView:
-        """``job`` with ``active_for``/``waiting_for`` measured (:class:`JobClock`):
-        never on retro's wall clock, so a jump of it times out no job."""
-        return self.job_clock.measure(job_id, job, queue_now)
 
     async def _queue_now(self) -> datetime | None:
         """The queue's clock (Redis ``TIME``) now, read at most once a
@@ -756,12 +751,13 @@ class App:
                 waiting = None
                 if run.job_id and run.phase:
                     view = await self.queues.job_view(run.phase, run.job_id)
-                    view = self._job_ages(run.job_id, view, await self._queue_now())
+                    view = self.job_clock.measure(run.job_id, view, await self._queue_now())
                     job_state = str(view.state)
                     name = self.queues.names[run.phase]
                     if view.meaning is JobMeaning.WAITING and workers.get(name) == 0:
                         idle_queue = name
-                    waiting = self._waiting(run, view, now, workers[name], paused[name])
+                    if now is not None:
+                        waiting = self._wait_of(run, view, workers[name], paused[name])
                 home, away = teams[run.id]
                 in_flight.append(InFlight(run, home, away, job_state, idle_queue, waiting))
         else:
@@ -774,14 +770,6 @@ class App:
             redis_error=self.redis_error,
             progress=progress,
         )
-
-    def _waiting(
-        self, run: Run, job: JobView, now: datetime | None, workers: int | None, paused: bool
-    ) -> Waiting | None:
-        """How long and why ``run``'s job waits for a worker, or ``None`` if it does not."""
-        if now is None:
-            return None
-        return self._wait_of(run, job, workers, paused)
 
     def _wait_of(
         self, run: Run, job: JobView, workers: int | None, paused: bool | None

@@ -26,11 +26,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
-from retro.machine import JobView
+from retro.machine import JobMeaning, JobView
 
-ACTIVE = "active"
-FINISHED = frozenset({"completed", "failed", "unknown"})
-"""States whose job neither runs nor waits for a worker (no age is measured)."""
 MEMORY = 10_000
 """Jobs remembered at most (oldest forgotten first): memory stays bounded."""
 
@@ -76,10 +73,10 @@ class JobClock:
         ``timestamp`` is its first add). From then on the age grows on the monotonic
         clock. A job this process requested is never older than its request.
         """
-        if view.state in FINISHED:
-            return view
-        active = view.state == ACTIVE
-        key = (job_id, ACTIVE if active else "waiting", view.created_at, view.processed_at)
+        if view.meaning not in (JobMeaning.PROGRESSING, JobMeaning.WAITING):
+            return view  # finished or lost: no age to measure
+        active = view.meaning is JobMeaning.PROGRESSING
+        key = (job_id, str(view.meaning), view.created_at, view.processed_at)
         now = self.monotonic()
         since = self._since.get(key)
         if since is None:
@@ -94,17 +91,12 @@ class JobClock:
     @staticmethod
     def _head(view: JobView, active: bool, queue_now: datetime | None) -> float:
         """Seconds of age ``view`` already had when first seen (see :meth:`measure`)."""
-        if queue_now is None:
+        if queue_now is None or (view.processed_at is None) is active:
+            # unknown clock; an active job without processedOn; or a waiting job a
+            # worker took before (its wait began after that attempt, unseen)
             return 0.0
-        ages = [
-            (queue_now - stamp).total_seconds()
-            for stamp in (view.processed_at if active else None, view.created_at)
-            if stamp is not None
-        ]
-        if not active and view.processed_at is not None:
-            return 0.0  # taken before: its wait started after that attempt, unseen
-        if active and view.processed_at is None:
-            return 0.0
+        stamps = (view.processed_at, view.created_at) if active else (view.created_at,)
+        ages = [(queue_now - stamp).total_seconds() for stamp in stamps if stamp is not None]
         return max(0.0, min(ages)) if ages else 0.0
 
     def _remember(self, memory: OrderedDict[K, float], key: K, value: float) -> None:
