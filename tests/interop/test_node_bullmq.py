@@ -116,6 +116,19 @@ async def events_by_match(database_url: str) -> dict[str, list[Event]]:
         await engine.dispose()
 
 
+def heal_through(
+    tmp_path: Path, backend: Backend, worker: NodeProcess, *run_args: str, **settings: str
+) -> Result:
+    """``retro start --days 14``, then ``retro run --until-idle --no-scan RUN_ARGS``
+    with ``settings`` (``RETRO_*``), both exiting 0 (with the Node workers' output
+    when not)."""
+    started = retro(tmp_path, backend, "start", "--days", "14")
+    assert started.code == 0, started
+    ran = retro(tmp_path, backend, "run", "--until-idle", "--no-scan", *run_args, **settings)
+    assert ran.code == 0, f"{ran}\n{worker.output()}"
+    return ran
+
+
 async def node_results(backend: Backend, job_ids: dict[str, list[str]]) -> dict[str, object]:
     """``returnvalue`` of the given jobs (by queue name), read back through python-bullmq."""
     values: dict[str, object] = {}
@@ -362,22 +375,14 @@ async def test_node_failure_that_persists_fails_the_run(
 ) -> None:
     gaps = await season.seed(backend.database_url, only=("f-predict", "n-unscored"))
     worker = node_workers("node-doomed", worker_env(backend, FAIL_ALWAYS="predictions:f-predict"))
-    started = retro(tmp_path, backend, "start", "--days", "14")
-    assert started.code == 0, started
-    ran = retro(
+    heal_through(
         tmp_path,
         backend,
-        "run",
-        "--until-idle",
-        "--no-scan",
-        "--max-in-flight",
-        "2",
-        "--tick-interval",
-        "0.5",
+        worker,
+        *("--max-in-flight", "2", "--tick-interval", "0.5"),
         RETRO_RETRY_BACKOFF="0.2",
         RETRO_MAX_ATTEMPTS="2",
     )
-    assert ran.code == 0, f"{ran}\n{worker.output()}"
     by_match = await events_by_match(backend.database_url)
     assert set(by_match) == {g.match_id for g in gaps}
     assert kinds(by_match["n-unscored"])[-1] is RunCompleted
@@ -399,20 +404,14 @@ async def test_node_unrecoverable_error_fails_the_run_without_a_retry(
     the worker's reason; no retry is spent although ``max_attempts`` allows three."""
     gaps = await season.seed(backend.database_url, only=("f-predict",))
     worker = node_workers("node-never", worker_env(backend, FAIL_NEVER="predictions:f-predict"))
-    started = retro(tmp_path, backend, "start", "--days", "14")
-    assert started.code == 0, started
-    ran = retro(
+    heal_through(
         tmp_path,
         backend,
-        "run",
-        "--until-idle",
-        "--no-scan",
-        "--tick-interval",
-        "0.5",
+        worker,
+        *("--tick-interval", "0.5"),
         RETRO_RETRY_BACKOFF="0.2",
         RETRO_MAX_ATTEMPTS="3",
     )
-    assert ran.code == 0, f"{ran}\n{worker.output()}"
     by_match = await events_by_match(backend.database_url)
     assert set(by_match) == {g.match_id for g in gaps}
     doomed = by_match["f-predict"]
@@ -435,20 +434,15 @@ async def test_node_job_that_hangs_is_timed_out(
     worker = node_workers(
         "node-slow", worker_env(backend, HANG_ONCE="settlement:n-unscored", HANG_SECONDS="2.5")
     )
-    assert retro(tmp_path, backend, "start", "--days", "14").code == 0
-    ran = retro(
+    heal_through(
         tmp_path,
         backend,
-        "run",
-        "--until-idle",
-        "--no-scan",
-        "--tick-interval",
-        "0.25",
+        worker,
+        *("--tick-interval", "0.25"),
         RETRO_SETTLEMENT_TIMEOUT="1",
         RETRO_RETRY_BACKOFF="0.1",
         RETRO_MAX_ATTEMPTS="5",
     )
-    assert ran.code == 0, f"{ran}\n{worker.output()}"
     events = (await events_by_match(backend.database_url))[gaps[0].match_id]
     timeouts = [e for e in events if isinstance(e, PhaseTimedOut)]
     assert timeouts, kinds(events)
