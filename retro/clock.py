@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import replace
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from retro.machine import JobMeaning, JobView
@@ -32,6 +32,9 @@ MEMORY = 10_000
 """Jobs remembered at most (oldest forgotten first): memory stays bounded."""
 
 K = TypeVar("K", bound=Hashable)
+
+QUEUE_CLOCK_TTL = 60.0
+"""Seconds one reading of Redis ``TIME`` serves, carried forward on the monotonic clock."""
 
 
 class JobClock:
@@ -104,3 +107,36 @@ class JobClock:
         memory.move_to_end(key)
         while len(memory) > self.memory:
             memory.popitem(last=False)
+
+
+class QueueClock:
+    """The queue's clock (Redis ``TIME``), read at most once a ``ttl`` (seconds) and
+    carried forward on the monotonic clock in between."""
+
+    def __init__(
+        self, ttl: float = QUEUE_CLOCK_TTL, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.monotonic = monotonic
+        self._reading: tuple[datetime, float] | None = None
+
+    async def now(self, read: Callable[[], Awaitable[datetime | None]]) -> datetime | None:
+        """The queue's clock now (aware UTC), or ``None`` when ``read`` (Redis ``TIME``)
+        gives nothing and no earlier reading is fresh."""
+        mono = self.monotonic()
+        if self._reading is None or mono - self._reading[1] > self.ttl:
+            at = await read()
+            if at is None:
+                return None
+            self._reading = (at, mono)
+        at, then = self._reading
+        return at + timedelta(seconds=mono - then)
+
+
+@dataclass
+class Clocks:
+    """The clocks a daemon shares between its tick and ``status``: the job clock
+    (start-to-close and schedule-to-start) and the queue's clock."""
+
+    job: JobClock = field(default_factory=JobClock)
+    queue: QueueClock = field(default_factory=QueueClock)

@@ -8,13 +8,11 @@ transition table and is only asked whether a trigger is legal from a state.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-
-from transitions import Machine
 
 from retro import jobids
 from retro.events import (
@@ -79,67 +77,131 @@ NEW = "new"  # pseudo-state before RunSeeded; never stored
 LIVE = (State.PENDING, State.ANALYZING, State.PREDICTING, State.SETTLING)
 """States a run can still leave: pending and in flight (not terminal)."""
 _PHASES = [State.ANALYZING, State.PREDICTING, State.SETTLING]
+ANY_STEP = sorted(Step)
+OPEN = [Step.ENTER, Step.JOB, Step.FAILED, Step.BACKOFF]
+"""Steps in which the data can finish a phase (``decide`` checks the data before the step)."""
 TRANSITIONS: list[dict[str, object]] = [
-    {"trigger": "RunSeeded", "source": NEW, "dest": State.PENDING},
+    {"trigger": "RunSeeded", "source": NEW, "dest": State.PENDING, "steps": ANY_STEP},
     {
         "trigger": "AnalysisRequested",
-        "source": [State.PENDING, State.ANALYZING],
+        "source": State.PENDING,
         "dest": State.ANALYZING,
+        "steps": [Step.ENTER],
     },
-    {"trigger": "AnalysisSkipped", "source": State.PENDING, "dest": State.PREDICTING},
-    {"trigger": "AnalysisCompleted", "source": State.ANALYZING, "dest": State.PREDICTING},
-    {"trigger": "PredictionsRequested", "source": State.PREDICTING, "dest": None},
-    {"trigger": "PredictionsShort", "source": State.PREDICTING, "dest": None},
-    {"trigger": "PredictionsCompleted", "source": State.PREDICTING, "dest": State.SETTLING},
-    {"trigger": "SettlementRequested", "source": State.SETTLING, "dest": None},
-    {"trigger": "SettlementSkipped", "source": State.SETTLING, "dest": None},
-    {"trigger": "SettlementCompleted", "source": State.SETTLING, "dest": None},
-    {"trigger": "JobFailed", "source": _PHASES, "dest": None},
-    {"trigger": "PhaseTimedOut", "source": _PHASES, "dest": None},
-    {"trigger": "RetryScheduled", "source": _PHASES, "dest": None},
-    {"trigger": "JobReenqueued", "source": _PHASES, "dest": None},
-    {"trigger": "RunCompleted", "source": State.SETTLING, "dest": State.DONE},
-    {"trigger": "RunFailed", "source": list(LIVE), "dest": State.FAILED},
-    {"trigger": "RunCancelled", "source": list(LIVE), "dest": State.CANCELLED},
-    {"trigger": "RunRearmed", "source": State.FAILED, "dest": State.PENDING},
+    {
+        "trigger": "AnalysisRequested",
+        "source": State.ANALYZING,
+        "dest": None,
+        "steps": [Step.BACKOFF],
+    },
+    {
+        "trigger": "AnalysisSkipped",
+        "source": State.PENDING,
+        "dest": State.PREDICTING,
+        "steps": [Step.ENTER],
+    },
+    {
+        "trigger": "AnalysisCompleted",
+        "source": State.ANALYZING,
+        "dest": State.PREDICTING,
+        "steps": OPEN,
+    },
+    {
+        "trigger": "PredictionsRequested",
+        "source": State.PREDICTING,
+        "dest": None,
+        "steps": [Step.ENTER, Step.BACKOFF],
+    },
+    {"trigger": "PredictionsShort", "source": State.PREDICTING, "dest": None, "steps": [Step.JOB]},
+    {
+        "trigger": "PredictionsCompleted",
+        "source": State.PREDICTING,
+        "dest": State.SETTLING,
+        "steps": OPEN,
+    },
+    {
+        "trigger": "SettlementRequested",
+        "source": State.SETTLING,
+        "dest": None,
+        "steps": [Step.ENTER, Step.BACKOFF],
+    },
+    {"trigger": "SettlementSkipped", "source": State.SETTLING, "dest": None, "steps": OPEN},
+    {"trigger": "SettlementCompleted", "source": State.SETTLING, "dest": None, "steps": OPEN},
+    {"trigger": "JobFailed", "source": _PHASES, "dest": None, "steps": [Step.JOB]},
+    {"trigger": "PhaseTimedOut", "source": _PHASES, "dest": None, "steps": [Step.JOB]},
+    {"trigger": "RetryScheduled", "source": _PHASES, "dest": None, "steps": [Step.FAILED]},
+    {"trigger": "JobReenqueued", "source": _PHASES, "dest": None, "steps": [Step.JOB]},
+    {
+        "trigger": "RunCompleted",
+        "source": State.SETTLING,
+        "dest": State.DONE,
+        "steps": [Step.FINISHED],
+    },
+    {"trigger": "RunFailed", "source": list(LIVE), "dest": State.FAILED, "steps": ANY_STEP},
+    {"trigger": "RunCancelled", "source": list(LIVE), "dest": State.CANCELLED, "steps": ANY_STEP},
+    {"trigger": "RunRearmed", "source": State.FAILED, "dest": State.PENDING, "steps": ANY_STEP},
 ]
+"""THE transition table, as data: each event type (``trigger``) is legal from each
+``source`` state in the listed ``steps`` only, and leads to ``dest`` (``None``: the
+state stays). The pairs are the ones :func:`decide` can produce (``RunFailed`` and
+``RunCancelled`` also come from the operator and the shell, in any step). Per-event
+rules on top (phase, job id, attempt) live in the event's mutator in :func:`evolve`.
+
+A plain table rather than a ``transitions`` Machine: legality is a (state, step)
+pair, and a Machine keys on one state string, so it would need a synthetic state
+per pair (whose names would leak into the diagrams in the docs) and still a second
+lookup for the step; a dict lookup is all it was used for (no callbacks)."""
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return None if value is None else str(value)
+def _sources(row: Mapping[str, object]) -> list[str]:
+    source = row["source"]
+    return [str(s) for s in source] if isinstance(source, list) else [str(source)]
 
 
-_TABLE = Machine(
-    model=None,
-    states=[NEW, *(str(s) for s in State)],
-    transitions=[{k: _plain(v) for k, v in t.items()} for t in TRANSITIONS],
-    initial=NEW,
-    auto_transitions=False,
-)
+def _steps(row: Mapping[str, object]) -> frozenset[Step]:
+    steps = row["steps"]
+    assert isinstance(steps, list)
+    return frozenset(Step(s) for s in steps)
+
+
+_LEGAL: dict[tuple[str, str], tuple[State | None, frozenset[Step]]] = {
+    (str(row["trigger"]), source): (
+        None if row["dest"] is None else State(str(row["dest"])),
+        _steps(row),
+    )
+    for row in TRANSITIONS
+    for source in _sources(row)
+}
 
 
 class IllegalTransition(ValueError):
     """An event cannot happen in the run's current state (a corrupt or foreign history)."""
 
 
-def target(state: str, trigger: str) -> State:
-    """The state that ``trigger`` leads to from ``state``.
+def target(state: str, trigger: str, step: Step | None = None) -> State:
+    """The state that ``trigger`` leads to from ``state`` (in ``step``, if given).
 
     Raises:
         IllegalTransition: the transition table has no such transition.
     """
-    found = _TABLE.get_transitions(trigger=trigger, source=str(state))
-    if not found:
+    found = _LEGAL.get((trigger, str(state)))
+    if found is None:
         raise IllegalTransition(f"{trigger} is not allowed in state {state}")
-    dest = found[0].dest
-    return State(state if dest is None else dest)
+    dest, steps = found
+    if step is not None and step not in steps:
+        raise IllegalTransition(f"{trigger} is not allowed in state {state} at step {step}")
+    return State(state) if dest is None else dest
 
 
 def legal_triggers(state: State) -> set[str]:
-    """Event types that may happen in ``state``."""
-    return set(_TABLE.get_triggers(str(state)))
+    """Event types that may happen in ``state`` (in some step)."""
+    return {trigger for trigger, source in _LEGAL if source == str(state)}
+
+
+def legal_steps(state: State, trigger: str) -> frozenset[Step]:
+    """The steps of ``state`` in which ``trigger`` may happen (empty: never)."""
+    found = _LEGAL.get((trigger, str(state)))
+    return frozenset() if found is None else found[1]
 
 
 @dataclass(frozen=True)
@@ -652,13 +714,19 @@ def seed(event: RunSeeded) -> Run:
 def evolve(run: Run, event: Event) -> Run:
     """``run`` after ``event`` (one higher version).
 
+    The table (:data:`TRANSITIONS`) says whether ``event`` may happen at the run's
+    (state, step); the event's own mutator then checks its data against the run
+    (phase, job id, attempt) and applies it.
+
     Raises:
-        IllegalTransition: ``event`` cannot happen in ``run``'s state.
+        IllegalTransition: ``event`` cannot happen at ``run``'s (state, step), or
+            its phase, job id or attempt does not match the run.
     """
-    state = target(run.state, event.TYPE)
-    changes: dict[str, object] = {"state": state, "updated_at": event.at}
+    state = target(run.state, event.TYPE, run.step)
+    entered = replace(run, state=state)
     if state is not run.state and state not in TERMINAL:
-        changes.update(
+        entered = replace(
+            entered,
             step=Step.ENTER,
             attempt=0,
             job_id=None,
@@ -668,58 +736,125 @@ def evolve(run: Run, event: Event) -> Run:
             not_before=None,
             reenqueues=0,
         )
-    match event:
-        case Requested(job_id=job_id, attempt=attempt, adopted_created_at=adopted):
-            changes.update(
-                step=Step.JOB,
-                job_id=job_id,
-                attempt=attempt,
-                requested_at=event.at,
-                adopted_created_at=adopted,
-                not_before=None,
-                reenqueues=0,
-            )
-        case JobReenqueued():
-            changes.update(reenqueues=run.reenqueues + 1)
-        case PredictionsCompleted(found=found, expected=expected):
-            changes.update(found=found, expected=expected)
-        case PredictionsShort(found=found, expected=expected, job_created_at=judged):
-            changes.update(
-                step=Step.FAILED,
-                job_id=None,
-                found=found,
-                expected=expected,
-                last_error=f"predictions job completed with {found}/{expected}",
-                judged_created_at=_later(run.judged_created_at, judged),
-            )
-        case JobFailed(reason=reason, job_created_at=judged):
-            changes.update(
-                step=Step.FAILED,
-                job_id=None,
-                last_error=reason,
-                judged_created_at=_later(run.judged_created_at, judged),
-            )
-        case PhaseTimedOut(phase=phase, budget=budget, job_created_at=judged):
-            changes.update(
-                step=Step.FAILED,
-                job_id=None,
-                last_error=f"{phase} job ran longer than {budget:g} s",
-                judged_created_at=_later(run.judged_created_at, judged),
-            )
-        case RetryScheduled(not_before=not_before):
-            changes.update(step=Step.BACKOFF, not_before=not_before)
-        case SettlementCompleted() | SettlementSkipped():
-            changes.update(step=Step.FINISHED, job_id=None)
-        case RunFailed(reason=reason) | RunCancelled(reason=reason):
-            changes.update(last_error=reason, job_id=None, not_before=None, finished_at=event.at)
-        case RunCompleted():
-            changes.update(finished_at=event.at)
-        case RunRearmed():
-            changes.update(last_error=None, finished_at=None)
-        case _:
-            pass
-    new = dataclasses.replace(run, version=run.version + 1, **changes)  # type: ignore[arg-type]
-    return dataclasses.replace(new, next_check_at=_next_check(new, event.at))
+    new = replace(_mutate(event, entered, run), version=run.version + 1, updated_at=event.at)
+    return replace(new, next_check_at=_next_check(new, event.at))
+
+
+@functools.singledispatch
+def _mutate(event: Event, run: Run, before: Run) -> Run:
+    """``run`` (state already moved by the table) changed by ``event``; ``before`` is
+    the run as the event found it, for the event's own checks. Events that change
+    nothing but the state (``AnalysisSkipped``, ``AnalysisCompleted``, …) land here."""
+    return run
+
+
+def _same_phase(
+    event: JobFailed | PhaseTimedOut | RetryScheduled | JobReenqueued, run: Run
+) -> None:
+    if event.phase != run.phase:
+        raise IllegalTransition(
+            f"{event.TYPE} of phase {event.phase} is not allowed in phase {run.phase}"
+        )
+
+
+@_mutate.register
+def _requested(event: Requested, run: Run, before: Run) -> Run:
+    attempt = 1 if before.step is Step.ENTER else before.attempt + 1
+    if event.attempt != attempt:
+        raise IllegalTransition(
+            f"{event.TYPE} attempt {event.attempt} is not allowed at {before.state}/"
+            f"{before.step} (attempt {before.attempt}): expected attempt {attempt}"
+        )
+    return replace(
+        run,
+        step=Step.JOB,
+        job_id=event.job_id,
+        attempt=event.attempt,
+        requested_at=event.at,
+        adopted_created_at=event.adopted_created_at,
+        not_before=None,
+        reenqueues=0,
+    )
+
+
+@_mutate.register
+def _reenqueued(event: JobReenqueued, run: Run, before: Run) -> Run:
+    _same_phase(event, before)
+    if event.job_id != before.job_id:
+        raise IllegalTransition(
+            f"JobReenqueued of job {event.job_id} is not allowed: the run's job is {before.job_id}"
+        )
+    return replace(run, reenqueues=before.reenqueues + 1)
+
+
+@_mutate.register
+def _predictions_completed(event: PredictionsCompleted, run: Run, before: Run) -> Run:
+    return replace(run, found=event.found, expected=event.expected)
+
+
+@_mutate.register
+def _predictions_short(event: PredictionsShort, run: Run, before: Run) -> Run:
+    return replace(
+        run,
+        step=Step.FAILED,
+        job_id=None,
+        found=event.found,
+        expected=event.expected,
+        last_error=f"predictions job completed with {event.found}/{event.expected}",
+        judged_created_at=_later(before.judged_created_at, event.job_created_at),
+    )
+
+
+@_mutate.register
+def _job_failed(event: JobFailed, run: Run, before: Run) -> Run:
+    _same_phase(event, before)
+    return replace(
+        run,
+        step=Step.FAILED,
+        job_id=None,
+        last_error=event.reason,
+        judged_created_at=_later(before.judged_created_at, event.job_created_at),
+    )
+
+
+@_mutate.register
+def _timed_out(event: PhaseTimedOut, run: Run, before: Run) -> Run:
+    _same_phase(event, before)
+    return replace(
+        run,
+        step=Step.FAILED,
+        job_id=None,
+        last_error=f"{event.phase} job ran longer than {event.budget:g} s",
+        judged_created_at=_later(before.judged_created_at, event.job_created_at),
+    )
+
+
+@_mutate.register
+def _retry_scheduled(event: RetryScheduled, run: Run, before: Run) -> Run:
+    _same_phase(event, before)
+    return replace(run, step=Step.BACKOFF, not_before=event.not_before)
+
+
+@_mutate.register(SettlementCompleted)
+@_mutate.register(SettlementSkipped)
+def _settled(event: Event, run: Run, before: Run) -> Run:
+    return replace(run, step=Step.FINISHED, job_id=None)
+
+
+@_mutate.register(RunFailed)
+@_mutate.register(RunCancelled)
+def _ended(event: RunFailed | RunCancelled, run: Run, before: Run) -> Run:
+    return replace(run, last_error=event.reason, job_id=None, not_before=None, finished_at=event.at)
+
+
+@_mutate.register
+def _completed_run(event: RunCompleted, run: Run, before: Run) -> Run:
+    return replace(run, finished_at=event.at)
+
+
+@_mutate.register
+def _rearmed(event: RunRearmed, run: Run, before: Run) -> Run:
+    return replace(run, last_error=None, finished_at=None)
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -755,3 +890,93 @@ def project(events: Iterable[Event]) -> Run:
     if run is None:
         raise IllegalTransition("empty history")
     return run
+
+
+MAX_STEPS_PER_RUN = 16
+"""Events one plan may hold: one run's steps on one reading of the facts (a whole
+heal is about a dozen events; one reading gives at most five)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does on one reading of the facts: its ``events`` in order, the
+    projection after each (``runs``, one per event, each one higher version), and
+    ``again``: the plan stopped short of an event the run may take at once (a retry
+    of the job it just judged), so the tick should look again soon.
+    """
+
+    run: Run
+    """The projection the plan was made on."""
+    events: tuple[Event, ...]
+    runs: tuple[Run, ...]
+    again: bool = False
+
+    @property
+    def final(self) -> Run:
+        """The projection after the whole plan (``run`` when it holds no event)."""
+        return self.runs[-1] if self.runs else self.run
+
+    def steps(self) -> Iterable[tuple[Run, Event, Run]]:
+        """``(before, event, after)`` for each event, in order."""
+        befores = (self.run, *self.runs[:-1])
+        return zip(befores, self.events, self.runs, strict=True)
+
+    def adopt(self, created_at: datetime | None) -> Plan:
+        """The plan with its final ``…Requested`` adopting a job BullMQ already holds
+        (created at ``created_at``, aware UTC; the shell found it in step 1): the
+        event and the final projection both record it. ``evolve`` of the adopted
+        event gives the same projection; it is not run again.
+
+        Raises:
+            ValueError: the plan does not end with a ``…Requested``.
+        """
+        if not self.events or not isinstance(last := self.events[-1], Requested):
+            raise ValueError("only a plan that ends with a request can adopt a job")
+        return replace(
+            self,
+            events=(*self.events[:-1], replace(last, adopted_created_at=created_at)),
+            runs=(*self.runs[:-1], replace(self.runs[-1], adopted_created_at=created_at)),
+        )
+
+
+def plan(
+    run: Run,
+    facts: Facts,
+    *,
+    now: datetime,
+    policy: Policy,
+    limit: int = MAX_STEPS_PER_RUN,
+) -> Plan:
+    """Every event ``run`` takes on one reading of ``facts`` at ``now`` (aware UTC).
+
+    Pure: :func:`decide` then :func:`evolve`, once per event, by these rules:
+
+    - at most ``limit`` events (:data:`MAX_STEPS_PER_RUN`);
+    - it ends after a ``…Requested`` or ``JobReenqueued`` (the shell enqueues that
+      job after the commit, and its outcome is news for a later reading) and at a
+      terminal state;
+    - it stops *before* a ``…Requested`` of the job id ``run`` held when the plan
+      started once it holds an event (``again`` is then set): that request's step 1
+      removes the finished job, which must come after the judgement (``JobFailed``,
+      …) is committed (DESIGN §4, intent before effect);
+    - once an event moves the run off the job ``facts.job`` describes, that job
+      (and its worker count) is dropped from the facts: it is behind the run.
+    """
+    events: list[Event] = []
+    runs: list[Run] = []
+    current = run
+    for _ in range(limit):
+        event = decide(current, facts, now=now, policy=policy)
+        if event is None:
+            break
+        if events and isinstance(event, Requested) and event.job_id == run.job_id:
+            return Plan(run, tuple(events), tuple(runs), again=True)
+        after = evolve(current, event)
+        events.append(event)
+        runs.append(after)
+        if after.job_id != current.job_id:
+            facts = replace(facts, job=None, workers=None)  # that job is behind the run
+        current = after
+        if isinstance(event, Requested | JobReenqueued) or current.state in TERMINAL:
+            break
+    return Plan(run, tuple(events), tuple(runs))

@@ -179,10 +179,11 @@ def verify_json(audit: Audit) -> dict[str, Any]:
     """``retro verify --json`` (``retro.verify/1``)."""
     return {
         "schema": "retro.verify/1",
-        "ok": not audit.drifted,
+        "ok": audit.ok,
         "runs": audit.runs,
         "events": audit.events,
         "drifted": list(audit.drifted),
+        "illegal": [{"run_id": run_id, "reason": why} for run_id, why in audit.illegal.items()],
     }
 
 

@@ -29,8 +29,9 @@ from typing import IO
 from sqlalchemy.engine import make_url
 
 from retro import jobids
-from retro.app import App, TickReport, unreachable
+from retro.app import App
 from retro.config import error_line
+from retro.tick import TickReport, unreachable
 
 log = logging.getLogger("retro.daemon")
 

@@ -294,7 +294,8 @@ def verify(
     verbose: bool,
     log_format: str | None,
 ) -> None:
-    """Rebuild every run from its events; exit 1 if a stored projection drifted."""
+    """Rebuild every run from its events; exit 1 if a stored projection drifted or a
+    run's history cannot be replayed (an illegal or unknown event)."""
     settings = settings_from(database_url, redis_url, log_format=log_format)
     setup_logging(verbose, settings.log_format)
 
@@ -305,13 +306,16 @@ def verify(
     audit = execute(go(), verbose)
     if as_json:
         print_json(verify_json(audit))
-        raise SystemExit(EXIT_FAILURE if audit.drifted else EXIT_OK)
+        raise SystemExit(EXIT_OK if audit.ok else EXIT_FAILURE)
+    for run_id, why in list(audit.illegal.items())[:20]:
+        err.print(f"retro: illegal history: run {run_id}: {why}", markup=False)
     if audit.drifted:
         err.print(
             f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
             "from their events: " + ", ".join(audit.drifted[:20]),
             markup=False,
         )
+    if not audit.ok:
         raise SystemExit(EXIT_FAILURE)
     out.print(
         f"{plural(audit.runs, 'run')}, {plural(audit.events, 'event')}: every projection "

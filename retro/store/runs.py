@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,10 +21,11 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.events import Event, RunRearmed, RunSeeded, from_record, to_record
+from retro.events import Event, RunRearmed, RunSeeded, UnknownEvent, from_record, to_record
 from retro.machine import (
     IN_FLIGHT,
     TERMINAL,
+    IllegalTransition,
     Policy,
     Run,
     State,
@@ -39,6 +40,7 @@ from retro.store.constraints import ConcurrencyError as ConcurrencyError
 from retro.store.constraints import LiveRunExists as LiveRunExists
 from retro.store.constraints import translate
 from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
+from retro.text import escape
 
 
 def run_row(run: Run) -> dict[str, Any]:
@@ -93,12 +95,22 @@ def run_from_row(row: RowMapping) -> Run:
     )
 
 
-async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]) -> Run:
+async def append(
+    conn: AsyncConnection,
+    run: Run | None,
+    events: Sequence[Event],
+    *,
+    projected: Sequence[Run] | None = None,
+) -> Run:
     """Append ``events`` to ``run``'s log and update its projection, in ``conn``'s transaction.
 
     ``run`` is the projection the events were decided on (``None`` when the
-    first event is ``RunSeeded``). The caller commits; after any of the errors
-    below the caller must roll the transaction back.
+    first event is ``RunSeeded``). ``projected`` is the projection after each
+    event as the caller already computed it (the tick's
+    :class:`~retro.machine.Plan`): it is stored as given, nothing is evolved again.
+    Without it (seed, re-arm, cancel, give-up) the events are evolved here. The
+    caller commits; after any of the errors below the caller must roll the
+    transaction back.
 
     Raises:
         ConcurrencyError: a rival appended first (seq taken or version moved).
@@ -110,15 +122,13 @@ async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]
     """
     if not events:
         raise ValueError("nothing to append")
+    if projected is None:
+        projected = _project_onto(run, events)
+    if len(projected) != len(events):
+        raise ValueError("one projection per event")
     current = run
     rows = []
-    for event in events:
-        if current is None:
-            if not isinstance(event, RunSeeded):
-                raise ValueError("a new run must start with RunSeeded")
-            current = seed(event)
-        else:
-            current = evolve(current, event)
+    for event, current in zip(events, projected, strict=True):
         type_, data, at = to_record(event)
         rows.append(
             {
@@ -145,6 +155,21 @@ async def append(conn: AsyncConnection, run: Run | None, events: Sequence[Event]
     except IntegrityError as exc:
         raise translate(exc, current.id) from exc
     return current
+
+
+def _project_onto(run: Run | None, events: Sequence[Event]) -> list[Run]:
+    """The projection after each of ``events``, from ``run`` (``None``: a seed first)."""
+    current = run
+    after: list[Run] = []
+    for event in events:
+        if current is None:
+            if not isinstance(event, RunSeeded):
+                raise ValueError("a new run must start with RunSeeded")
+            current = seed(event)
+        else:
+            current = evolve(current, event)
+        after.append(current)
+    return after
 
 
 async def get(
@@ -322,28 +347,44 @@ async def rearm(conn: AsyncConnection, run: Run, *, now: datetime) -> Run:
 
 @dataclass(frozen=True)
 class Audit:
-    """Replay of every run: events read, runs checked, runs whose projection drifted."""
+    """Replay of every run: events read, runs checked, runs whose projection drifted,
+    and runs whose history cannot be replayed (``illegal``: run id -> why, one line:
+    an event impossible at that point, or an event type this version does not know).
+    """
 
     events: int
     runs: int
     drifted: list[str]
+    illegal: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No run drifted and every history replays."""
+        return not self.drifted and not self.illegal
 
 
 async def audit(conn: AsyncConnection) -> Audit:
     """Rebuild every run from its events alone and compare with the stored projection.
 
-    Raises:
-        UnknownEvent: a stored event is not known to this version.
+    A history that cannot be replayed (:class:`~retro.machine.IllegalTransition`,
+    :class:`~retro.events.UnknownEvent`) is reported for its run, not raised.
     """
     drifted: list[str] = []
+    illegal: dict[str, str] = {}
     total = 0
     ids = await all_ids(conn)
     for run_id in ids:
-        events = await events_of(conn, run_id)
-        total += len(events)
-        if await get(conn, run_id) != project(events):
+        rows = await event_rows(conn, run_id)
+        total += len(rows)
+        try:
+            events = [from_record(r.type, r.data, r.at) for r in rows]
+            replayed = project(events)
+        except (IllegalTransition, UnknownEvent) as exc:
+            illegal[run_id] = escape(str(exc))
+            continue
+        if await get(conn, run_id) != replayed:
             drifted.append(run_id)
-    return Audit(events=total, runs=len(ids), drifted=drifted)
+    return Audit(events=total, runs=len(ids), drifted=drifted, illegal=illegal)
 
 
 # --- read helpers for the operator commands (status, history, cancel) ---------------

@@ -22,7 +22,7 @@ from bullmq import Worker
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from retro import app as app_module
+from retro import tick as tick_module
 from retro.app import App, TickReport
 from retro.config import Settings
 from retro.demo.seed import seed_demo
@@ -554,7 +554,7 @@ async def test_one_runs_exception_does_not_stop_the_others_in_a_tick(
                 raise RuntimeError("M1's row cannot be read")
             return await match_facts(conn, match_id, **kw)
 
-        monkeypatch.setattr(app_module, "match_facts", broken_for_m1)
+        monkeypatch.setattr(tick_module, "match_facts", broken_for_m1)
         for _ in range(2):  # whichever run the first tick looks at first
             await app.tick(now=now())
         by_match = {(await get_run(app, r)).match_id: r for r in seeded}
@@ -563,7 +563,7 @@ async def test_one_runs_exception_does_not_stop_the_others_in_a_tick(
         assert (m2.state, m2.step) == ("predicting", "job")
         assert any("could not be advanced" in r.message for r in caplog.records)
 
-        monkeypatch.setattr(app_module, "match_facts", match_facts)
+        monkeypatch.setattr(tick_module, "match_facts", match_facts)
         await app.tick(now=now())
         assert (await get_run(app, by_match["M1"])).state == "predicting"
 

@@ -566,7 +566,12 @@ def test_a_lost_job_is_re_enqueued_a_bounded_number_of_times_in_a_row(phase: Pha
     )
     assert run.state is State.FAILED
     again = evolve(
-        apply(with_job(phase), JobReenqueued(at=T0, phase=phase, job_id="j", reason="x")),
+        apply(
+            with_job(phase),
+            JobReenqueued(at=T0, phase=phase, job_id=JOB_ID[phase], reason="x"),
+            JobFailed(at=T0, phase=phase, reason="boom"),
+            RetryScheduled(at=T0, phase=phase, not_before=T0 + sec(1)),
+        ),
         REQUESTED[phase](at=T0 + sec(1), job_id=JOB_ID[phase], attempt=2),
     )
     assert again.reenqueues == 0

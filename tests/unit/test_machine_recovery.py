@@ -190,7 +190,7 @@ def test_a_newer_finished_job_is_this_attempts_outcome(phase: Phase, state: str)
 def test_is_stale(
     view: JobView, judged: datetime | None, adopted: datetime | None, stale: bool
 ) -> None:
-    run = requested(entered(Phase.PREDICTIONS), Phase.PREDICTIONS, 2, adopted=adopted)
+    run = requested(entered(Phase.PREDICTIONS), Phase.PREDICTIONS, 1, adopted=adopted)
     run = dataclasses.replace(run, judged_created_at=judged)
     assert is_stale(run, view) is stale
 
@@ -240,6 +240,7 @@ def test_judged_is_the_latest_job_judged_in_the_phase() -> None:
     run = evolve(run, JobFailed(at=T0, phase=phase, reason="no timestamp"))
     assert run.judged_created_at == C2  # a verdict without a timestamp keeps it
     later = C2 + sec(1)
+    run = requested(evolve(run, retry), phase, 4)
     run = evolve(run, JobFailed(at=T0, phase=phase, reason="x", job_created_at=later))
     assert run.judged_created_at == later
 

@@ -234,9 +234,9 @@ def test_json_logs_escape_outside_text_by_the_encoder(stderr: Callable[[], str])
 def test_event_data_in_a_log_message_cannot_pass_for_fields() -> None:
     """A worker's failure reason that looks like ``key=value`` pairs stays one quoted
     value: a logfmt reader sees ``reason`` alone, never a forged ``run``/``event``."""
-    from retro.app import _describe
     from retro.events import JobFailed
     from retro.logs import logfmt_value
+    from retro.tick import _describe
 
     spoof = 'boom run=000000000000 event=RunCompleted match="p-0"'
     text = _describe(
