@@ -909,6 +909,9 @@ class Plan:
     """The projection the plan was made on."""
     events: tuple[Event, ...]
     runs: tuple[Run, ...]
+    facts: Facts
+    """The facts as the plan last used them: those given, less the job (and its
+    worker count) once an event moved the run off that job."""
     again: bool = False
 
     @property
@@ -918,7 +921,7 @@ class Plan:
 
     def steps(self) -> Iterable[tuple[Run, Event, Run]]:
         """``(before, event, after)`` for each event, in order."""
-        befores = (self.run, *self.runs[:-1])
+        befores = (self.run, *self.runs)[: len(self.runs)]
         return zip(befores, self.events, self.runs, strict=True)
 
     def adopt(self, created_at: datetime | None) -> Plan:
@@ -970,7 +973,7 @@ def plan(
         if event is None:
             break
         if events and isinstance(event, Requested) and event.job_id == run.job_id:
-            return Plan(run, tuple(events), tuple(runs), again=True)
+            return Plan(run, tuple(events), tuple(runs), facts, again=True)
         after = evolve(current, event)
         events.append(event)
         runs.append(after)
@@ -979,4 +982,4 @@ def plan(
         current = after
         if isinstance(event, Requested | JobReenqueued) or current.state in TERMINAL:
             break
-    return Plan(run, tuple(events), tuple(runs))
+    return Plan(run, tuple(events), tuple(runs), facts)

@@ -112,3 +112,11 @@ def test_unknown_event_type_is_refused() -> None:
 def test_unusable_event_data_is_refused(type_: str, data: dict[str, Any]) -> None:
     with pytest.raises(UnknownEvent, match=type_):
         from_record(type_, data, parse_at("2025-03-01T10:00:00+00:00"))
+
+
+@pytest.mark.parametrize("path", ILLEGAL, ids=[p.stem for p in ILLEGAL])
+def test_illegal_history_breaks_one_rule_at_its_last_event(path: Path) -> None:
+    """Each illegal stream is legal up to its last event, so it tests the one rule
+    its last event breaks, not an earlier accident."""
+    events = events_of(read(path))
+    assert project(events[:-1]).version == len(events) - 1
