@@ -308,7 +308,7 @@ def verify(
         print_json(verify_json(audit))
         raise SystemExit(EXIT_OK if audit.ok else EXIT_FAILURE)
     for run_id, why in list(audit.illegal.items())[:20]:
-        err.print(f"retro: illegal history: run {run_id}: {why}", markup=False)
+        err.print(f"retro: error: run {run_id} cannot be replayed: {why}", markup=False)
     if audit.drifted:
         err.print(
             f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "

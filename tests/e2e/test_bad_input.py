@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from bullmq import Job
-from sqlalchemy import Connection, inspect, text, update
+from sqlalchemy import Connection, insert, inspect, text, update
 
 from retro.app import App
 from retro.config import Settings
@@ -685,3 +685,41 @@ async def test_unknown_event_type_fails_verify_and_the_daemon_serves_the_other_r
     )
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], errors
+
+
+def test_an_illegal_history_is_reported_for_its_run_by_verify_and_verify_json(
+    tmp_path: Path,
+) -> None:
+    """A stored history the machine cannot replay (here ``RunCompleted`` straight after
+    ``RunSeeded``) is a finding of ``verify`` about that run, exit 1, in text and in
+    JSON, not an unexpected error; nothing stored changes."""
+    url, seeded = seeded_database(tmp_path)
+    corrupt = seeded[0]
+    with begin(url) as conn:
+        conn.execute(
+            insert(backfill_events).values(
+                run_id=corrupt, seq=2, type="RunCompleted", data="{}", at=datetime.now(UTC)
+            )
+        )
+    before = fingerprint(url)
+    env = {"RETRO_DATABASE_URL": url}
+    why = "RunCompleted is not allowed in state pending"
+
+    said = run_retro("verify", cwd=tmp_path, env=env)
+    assert said.code == 1, said
+    assert said.stdout == "", said
+    lines = [line for line in said.stderr.splitlines() if line.strip()]
+    assert lines == [f"retro: error: run {corrupt} cannot be replayed: {why}"], said
+
+    as_json = run_retro("verify", "--json", cwd=tmp_path, env=env)
+    assert as_json.code == 1, as_json
+    assert as_json.stderr.strip() == "", as_json
+    assert json.loads(as_json.stdout) == {
+        "schema": "retro.verify/1",
+        "ok": False,
+        "runs": len(seeded),
+        "events": len(seeded) + 1,
+        "drifted": [],
+        "illegal": [{"run_id": corrupt, "reason": why}],
+    }
+    assert fingerprint(url) == before
