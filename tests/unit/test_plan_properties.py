@@ -50,7 +50,7 @@ from retro.machine import (
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-CHECK = settings(max_examples=200, deadline=None, database=None)
+CHECK = settings(max_examples=150, deadline=None, database=None)
 
 JOB_STATES = [s.value for s in JobState] + ["paused"]
 statuses = st.integers(0, 29).flatmap(
