@@ -1,9 +1,11 @@
 """THE state machine of a backfill run (DESIGN §3): states, transitions, decisions.
 
 Pure: no I/O, no clock reads, no database. ``decide(run, facts, now=…, policy=…)``
-returns the next event (or ``None``); ``evolve(run, event)`` applies one event;
-``project(events)`` folds a whole history. The ``transitions`` library holds the
-transition table and is only asked whether a trigger is legal from a state.
+returns the next event (or ``None``); ``plan(run, facts, now=…, policy=…)`` holds
+every event one reading of the facts allows (the rules of one tick's step);
+``evolve(run, event)`` applies one event through its typed mutator;
+``project(events)`` folds a whole history. :data:`TRANSITIONS` is the transition
+table, as data: which event may happen at which (state, step).
 """
 
 from __future__ import annotations
@@ -964,6 +966,12 @@ def plan(
       …) is committed (DESIGN §4, intent before effect);
     - once an event moves the run off the job ``facts.job`` describes, that job
       (and its worker count) is dropped from the facts: it is behind the run.
+
+    A plan made again on its own result plans nothing new: from ``final`` and the
+    facts as the shell reads them after the effect (the same host data, a job the
+    plan asked for now freshly queued, a job the run moved past not read), it holds
+    no event, or after ``again`` only the retry it stopped short of
+    (tests/unit/test_plan_properties.py).
     """
     events: list[Event] = []
     runs: list[Run] = []
