@@ -472,3 +472,25 @@ async def test_known_event_with_unusable_data_raises_unknown_event(engine: Async
         with pytest.raises(UnknownEvent, match="JobFailed"):
             await runs.events_of(conn, "r1")
     assert await get(engine, "r1") == run
+
+
+async def test_append_stores_a_plans_projections_as_given(engine: AsyncEngine) -> None:
+    """The tick appends a :func:`~retro.machine.plan` with the projections it
+    computed: the stored run is the plan's final projection, rows are numbered by
+    the plan's versions, and the replay of the log equals it (``verify`` agrees)."""
+    from retro.machine import Facts, Policy, plan
+
+    run = await append(engine, None, seeded("r9", "m9"))
+    facts = Facts(
+        match_found=True, match_status="scheduled", has_analysis=True, predictions_expected=3
+    )
+    planned = plan(run, facts, now=T0 + sec(1), policy=Policy())
+    assert [e.TYPE for e in planned.events] == ["AnalysisSkipped", "PredictionsRequested"]
+    async with engine.begin() as conn:
+        stored = await runs.append(conn, run, planned.events, projected=planned.runs)
+    assert stored == planned.final == await get(engine, "r9")
+    async with engine.connect() as conn:
+        assert await runs.replay(conn, "r9") == planned.final
+        assert (await runs.audit(conn)).ok
+        with pytest.raises(ValueError, match="one projection per event"):
+            await runs.append(conn, stored, planned.events, projected=planned.runs[:1])
