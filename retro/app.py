@@ -1,5 +1,6 @@
-"""The application: settings, database, Redis and the three operations the CLI
-and the daemon call (seed gap runs, advance due runs one tick, report status).
+"""The application: settings, database, Redis and the operations the CLI and the
+daemon call (seed gap runs, re-arm, verify, report status). One tick lives in
+:mod:`retro.tick`; :meth:`App.tick` hands it over.
 
 Time and ids come in as arguments: every method takes ``now`` (aware UTC);
 run ids come from the ``new_id`` callable given at construction.
