@@ -114,9 +114,10 @@ class TickReport:
     looked_at: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
     freed: int = 0
-    """Runs that reached a terminal state in the tick (each frees a slot)."""
+    """Runs that reached a terminal state or began a retry back-off in the tick
+    (each frees a slot)."""
     started: int = 0
-    """Pending runs the tick started (appended their first events)."""
+    """Runs the tick gave a slot: pending runs started, back-offs resumed."""
     again: bool = False
     """A run stopped short of an event it may take at once (a retry without backoff)."""
 
@@ -146,6 +147,18 @@ class StatusReport:
     redis_error: str | None = None
     progress: Progress | None = None
     """Percent done and ETA; only when ``status`` was given ``now``."""
+
+    @property
+    def holding(self) -> list[InFlight]:
+        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off)."""
+        return [item for item in self.in_flight if runs.holds_slot(item.run)]
+
+    @property
+    def backoff(self) -> list[InFlight]:
+        """The ``in_flight`` runs sleeping out a retry back-off (holding no slot),
+        earliest retry (``run.not_before``, aware UTC) first."""
+        asleep = [item for item in self.in_flight if not runs.holds_slot(item.run)]
+        return sorted(asleep, key=lambda item: item.run.not_before or item.run.updated_at)
 
 
 class App:
@@ -367,9 +380,10 @@ class App:
     async def tick(self, *, now: datetime) -> TickReport:
         """Advance every due run as far as the facts allow (DESIGN §2, one tick).
 
-        A run that ends frees its ``max_in_flight`` slot: the tick then starts the
-        next pending runs itself (one query for them, at most
-        :data:`REFILL_PASSES` times), instead of leaving them to another tick.
+        A run that ends, or begins a retry back-off, frees its ``max_in_flight``
+        slot: the tick then offers it itself (one query, at most
+        :data:`REFILL_PASSES` times) to the next run whose back-off is over, or else
+        the next pending run, instead of leaving it to another tick.
         """
         report = TickReport()
         self._waits = {}
@@ -377,17 +391,18 @@ class App:
             due = await runs.due(
                 conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
             )
-        work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
+        starting = due.resuming + due.pending  # each takes a free slot first
+        work = [(r, False) for r in due.in_flight] + [(r, True) for r in starting]
         await self._work(work, now, report)
-        refilled = 0  # slots freed so far that a refill pass has offered to pending runs
+        refilled = 0  # slots freed so far that a refill pass has offered to starters
         for _ in range(REFILL_PASSES):
             free = report.freed - refilled
             if not free:
                 break
             refilled = report.freed
             async with self.engine.connect() as conn:
-                pending = await runs.pending(conn, limit=free)
-            await self._work([(r, True) for r in pending], now, report)
+                starters = await runs.starters(conn, now=now, limit=free, policy=self.policy)
+            await self._work([(r, True) for r in starters], now, report)
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
         for gone in set(self._wait_said) - set(self._waits):
@@ -484,14 +499,21 @@ class App:
         :func:`decide` waits. It stops *before* a retry of the job it judged: that
         request's step 1 removes the finished job, which must come after the
         judgement is committed (DESIGN §4, intent before effect).
+
+        A run read without a ``max_in_flight`` slot (pending, or in back-off) goes
+        on only if it takes a free one (:func:`runs.slot_free`), whichever list
+        it came from: a rival may have put a run in back-off since it was listed.
+        ``starting`` says it came from the starters (for ``report.started``).
         """
         try:
             async with self.engine.begin() as conn:
-                if starting and not await runs.slot_free(conn, self.settings.max_in_flight):
-                    return
                 run = await runs.get(conn, run_id, lock=True)
                 if run is None or run.state in TERMINAL:
                     return  # gone, finished, or a rival daemon holds it
+                if not runs.holds_slot(run) and not await runs.slot_free(
+                    conn, self.settings.max_in_flight
+                ):
+                    return  # pending, or its back-off is over: no slot free yet
                 facts, match = await self._gather(run, now)
                 batch: list[Event] = []
                 current = run
@@ -538,7 +560,7 @@ class App:
                 extra=run_fields(new.id, new.match_id, after.job_id or before.job_id, event.TYPE),
             )
             before = after
-        if new.state in TERMINAL:
+        if new.state in TERMINAL or (runs.holds_slot(run) and not runs.holds_slot(new)):
             report.freed += 1
         elif starting:
             report.started += 1
