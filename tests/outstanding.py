@@ -23,17 +23,26 @@ def queue_names(settings: Settings) -> list[str]:
     return [settings.analysis_queue, settings.predictions_queue, settings.settlement_queue]
 
 
-async def outstanding(redis: Redis, prefix: str, queues: list[str]) -> set[str]:
-    """The ids of retro's jobs (``-retro-`` in the id) BullMQ holds outstanding now."""
+async def outstanding(redis: Redis, prefix: str, queues: list[str]) -> dict[str, str]:
+    """Each of retro's jobs (``-retro-`` in the id) BullMQ holds outstanding now,
+    with the list it is in (``analysis-queue:active``)."""
+    where = []
     async with redis.pipeline(transaction=True) as pipe:
         for queue in queues:
             for name in LISTS:
                 pipe.lrange(f"{prefix}:{queue}:{name}", 0, -1)
+                where.append(f"{queue}:{name}")
             for name in ZSETS:
                 pipe.zrange(f"{prefix}:{queue}:{name}", 0, -1)
+                where.append(f"{queue}:{name}")
         replies = await pipe.execute()
-    ids = {raw.decode() if isinstance(raw, bytes) else str(raw) for r in replies for raw in r}
-    return {job_id for job_id in ids if "-retro-" in job_id}
+    found = {}
+    for name, reply in zip(where, replies, strict=True):
+        for raw in reply:
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if "-retro-" in job_id:
+                found[job_id] = name
+    return found
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Sampler:
     peak: int = 0
     samples: int = 0
     seen: set[str] = field(default_factory=set)
+    at_peak: dict[str, str] = field(default_factory=dict)
+    """The job ids of the first snapshot with ``peak`` jobs."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, *, limit: float = 300.0) -> None:
@@ -57,8 +68,9 @@ class Sampler:
         while not self._stop.is_set() and loop.time() < deadline:
             ids = await outstanding(self.redis, self.prefix, self.queues)
             self.samples += 1
-            self.peak = max(self.peak, len(ids))
-            self.seen |= ids
+            if len(ids) > self.peak:
+                self.peak, self.at_peak = len(ids), ids
+            self.seen |= set(ids)
             await asyncio.sleep(self.interval)
 
     def stop(self) -> None:
