@@ -114,12 +114,12 @@ class TickReport:
     looked_at: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
     freed: int = 0
-    """Runs that reached a terminal state or began a retry back-off in the tick
-    (each frees a slot)."""
+    """Runs that reached a terminal state in the tick (each frees a slot)."""
     started: int = 0
     """Runs the tick gave a slot: pending runs started, back-offs resumed."""
     again: bool = False
-    """A run stopped short of an event it may take at once (a retry without backoff)."""
+    """A run stopped short of an event it may take at once (a retry without backoff),
+    or began a retry back-off, freeing a slot the next tick offers."""
 
 
 @dataclass(frozen=True)
@@ -380,10 +380,11 @@ class App:
     async def tick(self, *, now: datetime) -> TickReport:
         """Advance every due run as far as the facts allow (DESIGN §2, one tick).
 
-        A run that ends, or begins a retry back-off, frees its ``max_in_flight``
-        slot: the tick then offers it itself (one query, at most
-        :data:`REFILL_PASSES` times) to the next run whose back-off is over, or else
-        the next pending run, instead of leaving it to another tick.
+        A run that ends frees its ``max_in_flight`` slot: the tick then offers it
+        itself (one query, at most :data:`REFILL_PASSES` times) to the next run
+        whose back-off is over, or else the next pending run, instead of leaving it
+        to another tick. A run that begins a retry back-off frees its slot too; it
+        asks for the next tick at once (``report.again``), which offers it.
         """
         report = TickReport()
         self._waits = {}
@@ -560,10 +561,12 @@ class App:
                 extra=run_fields(new.id, new.match_id, after.job_id or before.job_id, event.TYPE),
             )
             before = after
-        if new.state in TERMINAL or (runs.holds_slot(run) and not runs.holds_slot(new)):
+        if new.state in TERMINAL:
             report.freed += 1
         elif starting:
             report.started += 1
+        elif runs.holds_slot(run) and not runs.holds_slot(new):
+            report.again = True  # it backs off: the next tick offers its slot at once
         await self._effect(batch[-1], match)  # step 3: effect
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:
