@@ -163,7 +163,7 @@ async def test_rival_daemons_keep_the_cap_on_outstanding_jobs_through_backoffs(
     backend: Backend, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """Two daemons, ``max_in_flight`` 2, workers that fail 30 % of their jobs (each
-    failure a 1 s back-off, which releases its slot). BullMQ's own lists, sampled
+    failure a back-off of 0.5 s, doubling, which releases its slot). BullMQ's own lists, sampled
     from Redis in atomic snapshots (:mod:`tests.outstanding`), never hold more than
     2 of retro's jobs; meanwhile more than 2 runs were in flight at once, so the
     back-offs did release slots to other runs."""
