@@ -97,6 +97,18 @@ class StatusReport:
     progress: Progress | None = None
     """Percent done and ETA; only when ``status`` was given ``now``."""
 
+    @property
+    def holding(self) -> list[InFlight]:
+        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off)."""
+        return [item for item in self.in_flight if runs.holds_slot(item.run)]
+
+    @property
+    def backoff(self) -> list[InFlight]:
+        """The ``in_flight`` runs sleeping out a retry back-off (holding no slot),
+        earliest retry (``run.not_before``, aware UTC) first."""
+        asleep = [item for item in self.in_flight if not runs.holds_slot(item.run)]
+        return sorted(asleep, key=lambda item: item.run.not_before or item.run.updated_at)
+
 
 class App:
     """retro on one database and one Redis. Use ``async with App(settings) as app``.

@@ -542,6 +542,8 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
             return _observe_job(run, phase, facts, now, policy)
         return SettlementSkipped(at=now, reason=why)
     if phase_done(phase, facts):
+        if _finishing(run, phase, facts, now, policy):
+            return None
         return _completed(phase, facts, now)
     if run.step is Step.ENTER:
         return _request(phase, run, 1, now, policy)
@@ -644,6 +646,21 @@ def _observe_job(
         if running_for(run, job, now) > budget:
             return PhaseTimedOut(at=now, phase=phase, budget=budget, job_created_at=job.created_at)
     return None
+
+
+def _finishing(run: Run, phase: Phase, facts: Facts, now: datetime, policy: Policy) -> bool:
+    """True while the phase's data is in but BullMQ still has its job active under a
+    live worker, within its start-to-close budget: the worker committed its data
+    and is about to report the job finished. The run leaves the phase once BullMQ
+    has the job finished (a tick is woken then), so the next phase's job is never
+    outstanding beside this one and a ``max_in_flight`` slot covers one job at a
+    time (issue 10). Past the budget, or with no worker left, the data wins."""
+    job = facts.job
+    if run.step is not Step.JOB or job is None or job.state != JobState.ACTIVE:
+        return False
+    if facts.workers == 0:
+        return False
+    return running_for(run, job, now) <= policy.budgets[phase]
 
 
 def running_for(run: Run, job: JobView, now: datetime) -> float:

@@ -109,6 +109,27 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
                 "elapsed_seconds": seconds(since, now),
             }
         )
+    backoff = []
+    for item in report.backoff:
+        run = item.run
+        backoff.append(
+            {
+                "run_id": run.id,
+                "match_id": run.match_id,
+                "home_team": item.home_team,
+                "away_team": item.away_team,
+                "state": str(run.state),
+                "phase": None if run.phase is None else str(run.phase),
+                "attempt": run.attempt,
+                "last_error": masked(run.last_error),
+                "retry_at": iso(run.not_before),
+                "retry_in_seconds": (
+                    None
+                    if run.not_before is None
+                    else max((run.not_before - now).total_seconds(), 0.0)
+                ),
+            }
+        )
     failed = [
         {
             "run_id": run.id,
@@ -125,6 +146,7 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
         "counts": {state: report.counts.get(state, 0) for state in STATES},
         "progress": None if report.progress is None else progress_json(report.progress),
         "in_flight": in_flight,
+        "backoff": backoff,
         "failed": failed,
         "workers": dict(report.workers),
         "database": {"reachable": True},

@@ -59,7 +59,7 @@ from retro.store.facts import MatchFacts, match_facts
 log = logging.getLogger("retro")
 
 REFILL_PASSES = 4
-"""Times one tick starts pending runs in the slots of runs that ended during it."""
+"""Times one tick offers the slots of runs that ended during it to the next starters."""
 
 RUN_FAILURE_LIMIT = 5
 """Ticks in a row one run may fail to advance (an error that is neither a lost race
@@ -77,9 +77,10 @@ class TickReport:
     freed: int = 0
     """Runs that reached a terminal state in the tick (each frees a slot)."""
     started: int = 0
-    """Pending runs the tick started (appended their first events)."""
+    """Runs the tick gave a slot: pending runs started, back-offs resumed."""
     again: bool = False
-    """A run stopped short of an event it may take at once (a retry without backoff)."""
+    """A run stopped short of an event it may take at once (a retry without backoff),
+    or began a retry back-off, freeing a slot the next tick offers."""
 
 
 class Ticker:
@@ -128,9 +129,11 @@ class Ticker:
     async def tick(self, *, now: datetime) -> TickReport:
         """Advance every due run as far as the facts allow (DESIGN §2, one tick).
 
-        A run that ends frees its ``max_in_flight`` slot: the tick then starts the
-        next pending runs itself (one query for them, at most
-        :data:`REFILL_PASSES` times), instead of leaving them to another tick.
+        A run that ends frees its ``max_in_flight`` slot: the tick then offers it
+        itself (one query, at most :data:`REFILL_PASSES` times) to the next run
+        whose back-off is over, or else the next pending run, instead of leaving it
+        to another tick. A run that begins a retry back-off frees its slot too; it
+        asks for the next tick at once (``report.again``), which offers it.
         """
         report = TickReport()
         self._waits = {}
@@ -138,17 +141,18 @@ class Ticker:
             due = await runs.due(
                 conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
             )
-        work = [(r, False) for r in due.in_flight] + [(r, True) for r in due.pending]
+        starting = due.resuming + due.pending  # each takes a free slot first
+        work = [(r, False) for r in due.in_flight] + [(r, True) for r in starting]
         await self._work(work, now, report)
-        refilled = 0  # slots freed so far that a refill pass has offered to pending runs
+        refilled = 0  # slots freed so far that a refill pass has offered to starters
         for _ in range(REFILL_PASSES):
             free = report.freed - refilled
             if not free:
                 break
             refilled = report.freed
             async with self.engine.connect() as conn:
-                pending = await runs.pending(conn, limit=free)
-            await self._work([(r, True) for r in pending], now, report)
+                starters = await runs.starters(conn, now=now, limit=free, policy=self.policy)
+            await self._work([(r, True) for r in starters], now, report)
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
         for gone in set(self._wait_said) - set(self._waits):
@@ -238,14 +242,21 @@ class Ticker:
         plan, prepare (step 1), append the plan in one transaction (step 2: intent),
         then effect (step 3: enqueue). The plan's rules (where it stops, what it
         drops) are :func:`retro.machine.plan`'s; its ``again`` asks for another look.
+
+        A run read without a ``max_in_flight`` slot (pending, or in back-off) goes
+        on only if it takes a free one (:func:`runs.slot_free`), whichever list
+        it came from: a rival may have put a run in back-off since it was listed.
+        ``starting`` says it came from the starters (for ``report.started``).
         """
         try:
             async with self.engine.begin() as conn:
-                if starting and not await runs.slot_free(conn, self.settings.max_in_flight):
-                    return
                 run = await runs.get(conn, run_id, lock=True)  # lock
                 if run is None or run.state in TERMINAL:
                     return  # gone, finished, or a rival daemon holds it
+                if not runs.holds_slot(run) and not await runs.slot_free(
+                    conn, self.settings.max_in_flight
+                ):
+                    return  # pending, or its back-off is over: no slot free yet
                 facts, match = await self._gather(run, now)  # gather facts
                 planned = plan(run, facts, now=now, policy=self.policy)  # plan
                 report.again = report.again or planned.again
@@ -285,6 +296,8 @@ class Ticker:
             report.freed += 1
         elif starting:
             report.started += 1
+        elif runs.holds_slot(planned.run) and not runs.holds_slot(planned.final):
+            report.again = True  # it backs off: the next tick offers its slot at once
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:
         """The facts of ``run`` at ``now``: BullMQ's view of its job first, then the data.

@@ -453,7 +453,7 @@ def watch_status(
     type=click.IntRange(1, 10_000),
     envvar="RETRO_MAX_IN_FLIGHT",
     show_envvar=True,
-    help="Runs between pending and done at once.",
+    help="Runs holding a slot at once (a job outstanding; a run in retry back-off holds none).",
 )
 @click.option(
     "--tick-interval",

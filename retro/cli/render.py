@@ -10,7 +10,7 @@ row or a line.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -136,7 +136,7 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
             )
         )
         parts.append(Text(describe_eta(p)))
-    if report.in_flight:
+    if report.holding:
         table = Table(
             "run",
             "match",
@@ -148,7 +148,7 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
             "elapsed",
             title="In flight",
         )
-        for item in report.in_flight:
+        for item in report.holding:
             run = item.run
             since = run.requested_at or run.updated_at
             job = item.job_state or "-"
@@ -168,6 +168,8 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
                 f"{(now - since).total_seconds():.0f} s",
             )
         parts.append(table)
+    if report.backoff:
+        parts.append(backoff_table(report, now=now))
     if report.failed:
         table = Table("run", "match", "failed at", "reason", title="Failed (most recent first)")
         for run in report.failed:
@@ -193,6 +195,39 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
     else:
         parts.append(Text("Redis: reachable"))
     return parts
+
+
+def backoff_table(report: StatusReport, *, now: datetime) -> Table:
+    """The runs sleeping out a retry back-off: their last error and when the retry
+    is due (UTC, and in how many seconds from ``now``). They hold no
+    ``max_in_flight`` slot; a due retry waits for a free one."""
+    table = Table(
+        "run",
+        "match",
+        "teams",
+        "phase",
+        "attempts made",
+        "last error",
+        "retry due (UTC)",
+        title="In back-off (holding no slot; earliest retry first)",
+    )
+    for item in report.backoff:
+        run = item.run
+        due = "-"
+        if run.not_before is not None:
+            left = (run.not_before - now).total_seconds()
+            when = run.not_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            due = f"{when} (in {left:.0f} s)" if left > 0 else f"{when} (due; waits for a slot)"
+        table.add_row(
+            shown(run.id),
+            shown(run.match_id),
+            shown(f"{item.home_team} v {item.away_team}"),
+            str(run.phase),
+            str(run.attempt),
+            shown(run.last_error or "-"),
+            due,
+        )
+    return table
 
 
 class WatchView:

@@ -214,45 +214,91 @@ async def all_ids(conn: AsyncConnection) -> list[str]:
 
 @dataclass(frozen=True)
 class Due:
-    """Runs a tick should look at: ``in_flight`` ids, then ``pending`` ids to start."""
+    """Runs a tick should look at, in this order: ``in_flight`` ids (they hold a
+    ``max_in_flight`` slot), then ``resuming`` ids (their retry back-off is over)
+    and ``pending`` ids, each of which must take a free slot before it goes on."""
 
     in_flight: list[str]
+    resuming: list[str]
     pending: list[str]
+
+
+def holds_slot(run: Run) -> bool:
+    """Whether ``run`` holds a ``max_in_flight`` slot: it is in flight (analyzing,
+    predicting, settling) and not sleeping out a retry back-off. It then has a job
+    requested, queued or active, or is entering or finishing a phase. The SQL
+    twin is :data:`HOLDS_SLOT_SQL`."""
+    return run.state in IN_FLIGHT and run.step is not Step.BACKOFF
+
+
+HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND step != '{Step.BACKOFF}'"
+""":func:`holds_slot` as a condition on ``backfill_runs``; it contains
+``IN_FLIGHT_SQL`` literally, so the partial index ``ix_backfill_runs_in_flight``
+serves it."""
 
 
 async def due(
     conn: AsyncConnection, *, now: datetime, max_in_flight: int, policy: Policy | None = None
 ) -> Due:
-    """Runs a tick should look at, within the ``max_in_flight`` cap.
+    """Runs a tick should look at, within the ``max_in_flight`` cap (aware UTC ``now``).
 
-    An in-flight run is due unless it sleeps out a retry back-off that is not over
-    (:func:`retro.machine.backoff_over` under ``policy``, default :class:`Policy`);
-    a pending run is always due. ``next_check_at`` is a deadline only for a
-    back-off: elsewhere it is when the run last changed, and a wall clock that went
-    back since must not hold the run until the clock catches up (issue 9).
-    In-flight runs are bounded by the cap, so the cost does not grow with the
-    pending backlog: the pending query reads at most ``max_in_flight`` rows by index.
+    Every run that holds a slot (:func:`holds_slot`) is due. The free slots
+    (``max_in_flight`` less the holders) are offered by :func:`starters`: first to
+    runs whose back-off is over, then to pending runs. ``next_check_at`` is a
+    deadline only for a back-off: elsewhere it is when the run last changed, and a
+    wall clock that went back since must not hold the run until the clock catches
+    up (issue 9). The holders are bounded by the cap and the pending query reads
+    at most the free slots by index, so the cost does not grow with the pending
+    backlog; the back-off query reads every run in back-off (id, attempt, time).
     """
-    policy = policy or Policy()
-    flight = (
+    holders = (
         await conn.execute(
-            select(
-                backfill_runs.c.id,
-                backfill_runs.c.step,
-                backfill_runs.c.attempt,
-                backfill_runs.c.next_check_at,
-            )
-            .where(text(IN_FLIGHT_SQL))  # literal: matches ix_backfill_runs_in_flight
+            select(backfill_runs.c.id)
+            .where(text(HOLDS_SLOT_SQL))  # contains IN_FLIGHT_SQL: ix_backfill_runs_in_flight
             .order_by(backfill_runs.c.next_check_at)
         )
     ).all()
-    ready = [
+    resuming, pending_ = await _starters(
+        conn, now=now, limit=max_in_flight - len(holders), policy=policy or Policy()
+    )
+    return Due(in_flight=[r for (r,) in holders], resuming=resuming, pending=pending_)
+
+
+async def starters(
+    conn: AsyncConnection, *, now: datetime, limit: int, policy: Policy | None = None
+) -> list[str]:
+    """Up to ``limit`` run ids that need a free slot to go on, in the order they
+    get one: runs whose retry back-off is over at ``now`` (aware UTC; under
+    ``policy``, default :class:`Policy`), earliest ``not_before`` first, then
+    pending runs, oldest first.
+
+    A back-off that is over goes before every pending run: its run started
+    before them (pending runs start oldest first), has spent host work already
+    and is one retry from finishing its phase, so it is served first and its wait
+    for a slot stays bounded however long the backlog; pending-first would leave
+    it until the whole backlog had started. The caller still takes each slot
+    under :func:`slot_free`.
+    """
+    resuming, pending_ = await _starters(conn, now=now, limit=limit, policy=policy or Policy())
+    return resuming + pending_
+
+
+async def _starters(
+    conn: AsyncConnection, *, now: datetime, limit: int, policy: Policy
+) -> tuple[list[str], list[str]]:
+    if limit <= 0:
+        return [], []
+    rows = await conn.execute(
+        select(backfill_runs.c.id, backfill_runs.c.attempt, backfill_runs.c.next_check_at)
+        .where(text(IN_FLIGHT_SQL), backfill_runs.c.step == str(Step.BACKOFF))
+        .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
+    )
+    resuming = [
         run_id
-        for run_id, step, attempt, next_check in flight
-        if step != Step.BACKOFF or backoff_over(next_check, attempt, now, policy)
-    ]
-    slots = max_in_flight - len(flight)
-    return Due(in_flight=ready, pending=await pending(conn, limit=slots))
+        for run_id, attempt, next_check in rows
+        if backoff_over(next_check, attempt, now, policy)
+    ][:limit]
+    return resuming, await pending(conn, limit=limit - len(resuming))
 
 
 async def pending(conn: AsyncConnection, *, limit: int) -> list[str]:
@@ -270,23 +316,38 @@ async def pending(conn: AsyncConnection, *, limit: int) -> list[str]:
 
 
 async def count_in_flight(conn: AsyncConnection) -> int:
-    """Runs between pending and done (analyzing, predicting, settling)."""
+    """Runs between pending and done (analyzing, predicting, settling), in back-off
+    or not."""
     value = await conn.scalar(
         select(func.count()).where(backfill_runs.c.state.in_([str(s) for s in IN_FLIGHT]))
     )
     return int(value or 0)
 
 
+async def count_holding(conn: AsyncConnection) -> int:
+    """Runs that hold a ``max_in_flight`` slot (:func:`holds_slot`)."""
+    value = await conn.scalar(
+        select(func.count()).select_from(backfill_runs).where(text(HOLDS_SLOT_SQL))
+    )
+    return int(value or 0)
+
+
 async def slot_free(conn: AsyncConnection, max_in_flight: int) -> bool:
-    """Whether a pending run may start under ``max_in_flight``; on PostgreSQL rival
-    daemons take this decision one at a time (advisory lock held to commit)."""
+    """Whether a run may take a slot under ``max_in_flight`` (a pending run before
+    its first event, a run whose back-off is over before its retry); on PostgreSQL
+    rival daemons take this decision one at a time (advisory lock held to commit).
+
+    The count runs after the lock, so it sees every slot a rival took and
+    committed before; a run entering back-off needs no lock to release its slot,
+    as a rival that misses the release only waits a tick longer.
+    """
     await serialize_starts(conn)
-    return await count_in_flight(conn) < max_in_flight
+    return await count_holding(conn) < max_in_flight
 
 
 async def serialize_starts(conn: AsyncConnection) -> None:
     """On PostgreSQL, take a transaction-scoped advisory lock so rival daemons
-    start pending runs one at a time (keeps ``max_in_flight`` exact)."""
+    take slots one at a time (keeps ``max_in_flight`` exact)."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(7412004)"))
 

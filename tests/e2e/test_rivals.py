@@ -18,13 +18,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from retro.config import Settings
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested, RunFailed
 from retro.store import host, runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
 from tests.e2e.clirunner import clean_env
 from tests.healing import assert_healed, seed_runs
+from tests.outstanding import Sampler, queue_names
 
 pytestmark = pytest.mark.e2e
 
@@ -36,9 +39,11 @@ DAEMON_ARGS = (
 VERDICTS = (JobFailed, PhaseTimedOut, PredictionsShort, RunFailed)
 
 
-def spawn(backend: Backend, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``python -m retro ARGS`` on ``backend``, stdout and stderr into ``log``."""
-    env = clean_env(backend.env())
+def spawn(
+    backend: Backend, log: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m retro ARGS`` on ``backend`` (plus ``env``), stdout and stderr into ``log``."""
+    env = clean_env({**backend.env(), **(env or {})})
     with open(log, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "retro", *args],
@@ -130,3 +135,99 @@ async def test_three_daemons_heal_the_same_gaps_without_doubles(
         f"stage jobs executed more than once: {[j for j, n in executed.items() if n > 1]}"
     )
     assert len(executed) == len(requested), "a requested job never ran, or an unknown one did"
+
+
+# --- slots held by work, not by waiting (issue 10) -----------------------------------
+
+CAP = 2
+
+
+async def sample_runs(database_url: str, stop: asyncio.Event, peaks: dict[str, int]) -> None:
+    """Until ``stop`` (at most 300 s): the most runs seen in flight at once (back-offs
+    included) and the most seen holding a slot, every 10 ms."""
+    engine = create_engine(database_url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 300
+    try:
+        while not stop.is_set() and loop.time() < deadline:
+            async with engine.connect() as conn:
+                peaks["in_flight"] = max(peaks["in_flight"], await runs.count_in_flight(conn))
+                peaks["holding"] = max(peaks["holding"], await runs.count_holding(conn))
+            await asyncio.sleep(0.01)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres-server"], indirect=True)
+async def test_rival_daemons_keep_the_cap_on_outstanding_jobs_through_backoffs(
+    backend: Backend, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Two daemons, ``max_in_flight`` 2, workers that fail 30 % of their jobs (each
+    failure a back-off of 0.5 s, doubling, which releases its slot). BullMQ's own lists, sampled
+    from Redis in atomic snapshots (:mod:`tests.outstanding`), never hold more than
+    2 of retro's jobs; meanwhile more than 2 runs were in flight at once, so the
+    back-offs did release slots to other runs."""
+    seeded = len(
+        await seed_runs(backend.database_url, backend.redis_url, ["en.1"], prefix=backend.prefix)
+    )
+    assert seeded >= 8, seeded
+    env = {"RETRO_RETRY_BACKOFF": "0.5", "RETRO_MAX_ATTEMPTS": "8"}
+    workers_log = tmp_path / "workers.log"
+    workers = spawn(
+        backend, workers_log, "workers", "--concurrency", "3", "--fail-rate", "0.3", env=env
+    )
+    processes.append(workers)
+    args = ("run", "--no-scan", "--until-idle", "--max-in-flight", str(CAP))
+    logs = [tmp_path / f"daemon{i}.log" for i in range(2)]
+    daemons = [spawn(backend, log, *args, "--tick-interval", "0.1", env=env) for log in logs]
+    processes.extend(daemons)
+
+    settings = Settings(
+        database_url=backend.database_url, redis_url=backend.redis_url, queue_prefix=backend.prefix
+    )
+    redis = Redis.from_url(backend.redis_url)
+    sampler = Sampler(redis, backend.prefix, queue_names(settings), interval=0.002)
+    stop = asyncio.Event()
+    peaks = {"in_flight": 0, "holding": 0}
+    tasks = [
+        asyncio.create_task(sampler.run(limit=300)),
+        asyncio.create_task(sample_runs(backend.database_url, stop, peaks)),
+    ]
+    try:
+        deadline = time.monotonic() + 150
+        while any(d.poll() is None for d in daemons):
+            assert time.monotonic() < deadline, "the daemons did not go idle within 150 s"
+            await asyncio.sleep(0.1)
+    finally:
+        sampler.stop()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        await redis.aclose()
+    workers.send_signal(signal.SIGTERM)
+    workers.wait(30)
+
+    texts = {log.name: log.read_text() for log in logs}
+    for daemon, log in zip(daemons, logs, strict=True):
+        assert daemon.returncode == 0, texts[log.name][-3000:]
+        assert "Traceback" not in texts[log.name], texts[log.name][-3000:]
+    working = [log.name for log in logs if " event=" in texts[log.name]]
+    assert len(working) == 2, f"only {working} appended events"
+
+    events = await history(backend.database_url)
+    assert len(events) == seeded
+    failures = sum(isinstance(e, JobFailed) for run_events in events.values() for e in run_events)
+    assert failures >= 1, "no job failed: nothing backed off"
+    requested = {
+        event.job_id
+        for run_events in events.values()
+        for event in run_events
+        if isinstance(event, Requested)
+    }
+    assert sampler.samples > 500
+    assert sampler.seen <= requested and len(sampler.seen) >= len(requested) // 2
+    assert sampler.peak <= CAP, (
+        f"{sampler.peak} of retro's jobs outstanding at once: {sampler.at_peak}"
+    )
+    assert peaks["holding"] <= CAP
+    assert peaks["in_flight"] > CAP, f"no back-off released a slot: {peaks}"
+    print(f"seeded {seeded}, job failures {failures}, {sampler.samples} samples, {peaks}")

@@ -355,12 +355,14 @@ async def test_due_waits_for_a_backoff_until_not_before(engine: AsyncEngine) -> 
     assert run.next_check_at == not_before
     async with engine.connect() as conn:
         early = await runs.due(conn, now=not_before - sec(1), max_in_flight=1)
-        assert early.in_flight == []
-        assert early.pending == []  # the backoff run still holds the only slot
+        assert early.in_flight == early.resuming == []
+        assert early.pending == ["p1"]  # a back-off holds no slot (issue 10)
         on_time = await runs.due(conn, now=not_before, max_in_flight=1)
-        assert on_time.in_flight == ["backoff"]
+        assert on_time.in_flight == []
+        assert on_time.resuming == ["backoff"]  # over: it takes the slot before p1
         assert on_time.pending == []
-        assert (await runs.due(conn, now=not_before - sec(1), max_in_flight=2)).pending == ["p1"]
+        both = await runs.due(conn, now=not_before, max_in_flight=2)
+        assert (both.resuming, both.pending) == (["backoff"], ["p1"])
 
 
 async def test_a_wall_clock_that_went_back_holds_no_run(engine: AsyncEngine) -> None:
@@ -379,9 +381,145 @@ async def test_a_wall_clock_that_went_back_holds_no_run(engine: AsyncEngine) -> 
         due = await runs.due(conn, now=T0, max_in_flight=2)
         # A run with a job outstanding is looked at whatever its next_check_at, and
         # a back-off ending further ahead than its 5 s could reach is over.
-        assert sorted(due.in_flight) == ["backoff", "job"]
+        assert (due.in_flight, due.resuming) == (["job"], ["backoff"])
         # Within its reach, the back-off is still honoured.
-        assert (await runs.due(conn, now=later + sec(1), max_in_flight=2)).in_flight == ["job"]
+        due = await runs.due(conn, now=later + sec(1), max_in_flight=2)
+        assert (due.in_flight, due.resuming) == (["job"], [])
+
+
+# --- slots: held by work, not by waiting (issue 10) -------------------------------
+
+
+async def in_backoff(
+    engine: AsyncEngine, run_id: str, match_id: str, at: datetime, not_before: datetime
+) -> Run:
+    """A run whose analysis job failed at ``at``; its retry is due at ``not_before``."""
+    run = await in_analysis(engine, run_id, match_id, at)
+    return await append(
+        engine,
+        run,
+        JobFailed(at=at, phase="analysis", reason="quota"),
+        RetryScheduled(at=at, phase="analysis", not_before=not_before),
+    )
+
+
+async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> None:
+    now = T0 + timedelta(minutes=10)
+    # One run in every place a run can stand, and whether it holds a slot, written
+    # out by hand from the rule: a job requested, queued or active, or entering or
+    # finishing a phase, holds one; pending, back-off and the terminal states do not.
+    expected: dict[str, bool] = {}
+    await append(engine, None, seeded("pending", "m0", T0))
+    expected["pending"] = False
+    await in_analysis(engine, "job", "m1", T0)
+    expected["job"] = True
+    failed = await in_analysis(engine, "failed", "m2", T0)
+    await append(engine, failed, JobFailed(at=T0, phase="analysis", reason="quota"))
+    expected["failed"] = True  # judged, its retry not yet scheduled: still working
+    await in_backoff(engine, "backoff", "m3", now, now + sec(3))
+    expected["backoff"] = False
+    await in_backoff(engine, "backoff-due", "m4", T0, now - sec(1))
+    expected["backoff-due"] = False
+    entering = await in_analysis(engine, "entering", "m5", T0)
+    await append(engine, entering, AnalysisCompleted(at=T0))
+    expected["entering"] = True
+    settling = await in_analysis(engine, "finishing", "m6", T0)
+    settling = await append(
+        engine,
+        settling,
+        AnalysisCompleted(at=T0),
+        PredictionsRequested(at=T0, job_id="predict-retro-m6", attempt=1),
+        PredictionsCompleted(at=T0, found=3, expected=3),
+        SettlementRequested(at=T0, job_id="settle-retro-m6", attempt=1),
+        SettlementSkipped(at=T0, reason="not played yet"),
+    )
+    expected["finishing"] = True
+    done = await in_analysis(engine, "cancelled", "m7", T0)
+    await append(engine, done, RunCancelled(at=T0, reason="operator"))
+    expected["cancelled"] = False
+    async with engine.connect() as conn:
+        stored = await runs.list_runs(conn)
+        steps = {run.id: (run.state, run.step) for run in stored}
+        assert steps["entering"] == (State.PREDICTING, Step.ENTER)
+        assert steps["finishing"] == (State.SETTLING, Step.FINISHED)
+        assert steps["failed"] == (State.ANALYZING, Step.FAILED)
+        assert {run.id: runs.holds_slot(run) for run in stored} == expected
+        holders = sum(expected.values())
+        assert await runs.count_holding(conn) == holders  # the SQL twin agrees
+        assert await runs.count_in_flight(conn) == holders + 2  # plus the back-offs
+        due = await runs.due(conn, now=now, max_in_flight=holders + 2)
+        assert sorted(due.in_flight) == sorted(r for r, held in expected.items() if held)
+        assert due.resuming == ["backoff-due"]  # the other one sleeps on
+        assert due.pending == ["pending"]
+        assert (await runs.due(conn, now=now, max_in_flight=holders + 1)).pending == []
+        assert (await runs.due(conn, now=now, max_in_flight=holders)).resuming == []
+        assert await runs.slot_free(conn, holders + 1)
+        assert not await runs.slot_free(conn, holders)
+
+
+async def test_a_due_backoff_takes_a_slot_before_older_pending_runs(engine: AsyncEngine) -> None:
+    now = T0 + timedelta(minutes=10)
+    await append(engine, None, seeded("p-old", "m1", T0 - timedelta(hours=1)))
+    await append(engine, None, seeded("p-new", "m2", T0))
+    await in_backoff(engine, "late", "m3", T0, now - sec(1))
+    await in_backoff(engine, "early", "m4", T0, now - sec(5))
+    await in_backoff(engine, "asleep", "m5", now, now + sec(3))
+    async with engine.connect() as conn:
+        order = await runs.starters(conn, now=now, limit=10)
+        assert order == ["early", "late", "p-old", "p-new"]
+        for limit in range(len(order) + 1):
+            assert await runs.starters(conn, now=now, limit=limit) == order[:limit]
+        due = await runs.due(conn, now=now, max_in_flight=3)
+        assert (due.in_flight, due.resuming, due.pending) == ([], ["early", "late"], ["p-old"])
+
+
+@pytest.mark.parametrize("backend", ["postgres-server"], indirect=True)
+async def test_a_backoff_and_a_pending_run_cannot_both_take_the_last_slot(
+    engine: AsyncEngine, backend: Backend
+) -> None:
+    """Rival daemons (PostgreSQL only: SQLite has one writer, DESIGN §4): each takes
+    the slot check and its first event in one transaction under the advisory lock,
+    so the second one sees the first."""
+    assert engine.dialect.name == "postgresql"
+    now = T0 + timedelta(minutes=10)
+    waking = await in_backoff(engine, "waking", "m1", T0, now - sec(1))
+    starting = await append(engine, None, seeded("starting", "m2", T0))
+    first_checked = asyncio.Event()
+    taken: list[str] = []
+
+    async def take(run: Run, event: Event, *, hold: bool) -> None:
+        async with engine.begin() as conn:
+            if not await runs.slot_free(conn, 1):
+                return
+            if hold:  # keep the lock while the rival asks for it
+                first_checked.set()
+                await asyncio.sleep(0.3)
+            await runs.append(conn, run, [event])
+            taken.append(run.id)
+
+    async def second() -> None:
+        await first_checked.wait()
+        await take(
+            starting,
+            AnalysisRequested(at=now, job_id="analyze-retro-m2", attempt=1),
+            hold=False,
+        )
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            take(
+                waking,
+                AnalysisRequested(at=now, job_id="analyze-retro-m1", attempt=2),
+                hold=True,
+            ),
+            second(),
+        ),
+        10,
+    )
+    assert taken == ["waking"]
+    async with engine.connect() as conn:
+        assert await runs.count_holding(conn) == 1
+        assert (await runs.get(conn, "starting")).state is State.PENDING  # type: ignore[union-attr]
 
 
 # --- stored instants and unknown events -------------------------------------------

@@ -988,3 +988,28 @@ def test_run_phase_follows_state() -> None:
     for phase in PHASES:
         assert with_job(phase).phase is phase
     assert dataclasses.replace(seeded(), state=State.SETTLING).phase is Phase.SETTLEMENT
+
+
+# --- a phase's data in while its job is still active (issue 10, slots) --------------
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_a_phase_is_left_once_bullmq_has_its_job_finished(phase: Phase) -> None:
+    """The worker commits its data, then reports the job: in between, the run waits,
+    so the next phase's job is never outstanding beside this one (one slot, one job)."""
+    run = with_job(phase)
+    budget = POLICY.budgets[phase]
+    finishing = job("active", processed_at=T0)
+    assert decide(run, done(phase, job=finishing, workers=1), now=LATER, policy=POLICY) is None
+    # None counted is not "no worker": still waits.
+    assert decide(run, done(phase, job=finishing, workers=None), now=LATER, policy=POLICY) is None
+    left = (job("completed", processed_at=T0), "ended")
+    past = (finishing, "past its budget")
+    for view, why in [left, past]:
+        now = LATER if why == "ended" else T0 + sec(budget + 1)
+        event = decide(run, done(phase, job=view, workers=1), now=now, policy=POLICY)
+        assert event is not None and not isinstance(event, PhaseTimedOut), why
+        assert event.TYPE.endswith(("Completed", "Short")), (why, event)
+    # With no worker left the job cannot finish: the data wins.
+    event = decide(run, done(phase, job=finishing, workers=0), now=LATER, policy=POLICY)
+    assert event is not None and event.TYPE.endswith(("Completed", "Short"))

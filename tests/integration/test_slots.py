@@ -1,0 +1,127 @@
+"""Slots are held by work, not by waiting (issue 10): a run sleeping out a retry
+back-off releases its ``max_in_flight`` slot, another run heals meanwhile, and the
+back-off run takes a slot again when its retry is due. BullMQ's own lists (read
+straight from Redis, :mod:`tests.outstanding`) never hold more than
+``max_in_flight`` of retro's jobs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from bullmq import Worker
+from redis.asyncio import Redis
+from rich.console import Console
+
+from retro.app import App
+from retro.cli.render import status_parts
+from retro.machine import Step
+from retro.report import iso, status_json
+from tests.conftest import Backend, eventually
+from tests.integration.test_recovery import (
+    events_of,
+    get_run,
+    job_view,
+    make_host,
+    now,
+    settings_for,
+    workers,
+)
+from tests.outstanding import Sampler, queue_names
+
+BACKOFF = 30.0
+
+
+async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
+    backend: Backend,
+) -> None:
+    await make_host(backend, match_ids=("M1", "M2"), predictions=0)
+    settings = settings_for(backend, max_in_flight=1, retry_backoff=BACKOFF, max_attempts=3)
+    redis = Redis.from_url(backend.redis_url)
+    sampler = Sampler(redis, backend.prefix, queue_names(settings))
+    sampling = asyncio.create_task(sampler.run(limit=120))
+    try:
+        async with App(settings) as app:
+            seeded = (await app.start(days=14, now=now())).seeded
+            assert len(seeded) == 2
+            await app.tick(now=now())
+            states = {r: (await get_run(app, r)).state for r in seeded}
+            (first,) = [r for r, s in states.items() if s == "predicting"]
+            (second,) = [r for r, s in states.items() if s == "pending"]  # the cap is 1
+
+            async def fail(job: Any, token: str) -> None:
+                raise RuntimeError("attempt-1 failure")
+
+            worker = Worker(
+                settings.predictions_queue,
+                fail,
+                {"connection": app.redis_url, "prefix": backend.prefix},
+            )
+            try:
+                run = await get_run(app, first)
+
+                async def failed() -> bool:
+                    return (await job_view(app, run)).state == "failed"
+
+                await eventually(failed)
+            finally:
+                await worker.close()
+
+            failed_at = now()
+            report = await app.tick(now=failed_at)
+            run = await get_run(app, first)
+            assert (run.step, run.attempt) == (Step.BACKOFF, 1)
+            assert run.not_before == failed_at + timedelta(seconds=BACKOFF)
+            assert report.again  # its slot is free: the daemon looks again at once
+            report = await app.tick(now=failed_at)
+            assert (await get_run(app, second)).state == "predicting"  # it took the slot
+            assert report.started == 1
+
+            # status shows the back-off apart, with its last error and when it is due.
+            status = await app.status(now=failed_at)
+            assert [item.run.id for item in status.holding] == [second]
+            assert [item.run.id for item in status.backoff] == [first]
+            document = status_json(status, now=failed_at)
+            (entry,) = document["backoff"]
+            assert entry["run_id"] == first
+            assert entry["last_error"] == "attempt-1 failure"
+            assert entry["retry_at"] == iso(run.not_before)
+            assert entry["retry_in_seconds"] == BACKOFF
+            assert {item["run_id"] for item in document["in_flight"]} == {first, second}
+            console = Console(record=True, width=240)
+            for part in status_parts(status, now=failed_at):
+                console.print(part)
+            text = console.export_text()
+            assert "In back-off" in text and "attempt-1 failure" in text
+            assert f"(in {BACKOFF:.0f} s)" in text
+
+            async with workers(backend):
+
+                async def second_done() -> bool:
+                    await app.tick(now=now())
+                    return (await get_run(app, second)).state == "done"
+
+                await eventually(second_done, timeout=BACKOFF - 5)
+                run = await get_run(app, first)
+                assert (run.step, run.attempt) == (Step.BACKOFF, 1)  # healed meanwhile
+
+                async def first_done() -> bool:  # the back-off is over on this clock
+                    await app.tick(now=now() + timedelta(seconds=BACKOFF + 1))
+                    return (await get_run(app, first)).state == "done"
+
+                await eventually(first_done)
+            attempts = [
+                (e.TYPE, getattr(e, "attempt", None))
+                for e in await events_of(app, first)
+                if e.TYPE == "PredictionsRequested"
+            ]
+            assert attempts == [("PredictionsRequested", 1), ("PredictionsRequested", 2)]
+    finally:
+        sampler.stop()
+        await asyncio.wait_for(sampling, 10)
+        await redis.aclose()
+    assert sampler.samples > 20
+    assert len(sampler.seen) >= 3  # both runs' jobs were seen outstanding
+    assert sampler.peak == 1
