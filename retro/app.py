@@ -32,9 +32,11 @@ from retro.machine import (
     Run,
     State,
     Waiting,
+    cannot_heal,
     clip,
     decide,
     evolve,
+    has_external_id,
     is_stale,
     why_waiting,
 )
@@ -91,6 +93,7 @@ def policy_from(settings: Settings) -> Policy:
         max_attempts=settings.max_attempts,
         max_reenqueues=settings.max_reenqueues,
         queue_wait_charged=settings.queue_wait_charged,
+        require_external_id=settings.require_external_id,
         queue_wait_budgets={phase: settings.queue_wait(phase) for phase in Phase},
         retry_backoff=settings.retry_backoff,
         budgets={phase: settings.phase_timeout(phase) for phase in Phase},
@@ -100,11 +103,14 @@ def policy_from(settings: Settings) -> Policy:
 
 @dataclass(frozen=True)
 class SeedReport:
-    """What ``start`` found and seeded."""
+    """What ``start`` found and seeded. ``cannot_heal`` maps a gap match's id to why
+    its run could never heal (:func:`retro.machine.cannot_heal`); a real ``start``
+    seeds it all the same, and the run fails at its first tick with the reason."""
 
     scan: gaps.Scan
     seeded: list[str]
     dry_run: bool
+    cannot_heal: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -315,7 +321,18 @@ class App:
                     ",".join(event.gaps),
                     extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
                 )
-        return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run)
+        doomed = {
+            gap.match_id: why
+            for gap in scan.gaps
+            if (
+                why := cannot_heal(
+                    has_analysis=gaps.GapKind.MISSING_ANALYSIS not in gap.kinds,
+                    external_id=has_external_id(gap.external_id),
+                    policy=self.policy,
+                )
+            )
+        }
+        return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run, cannot_heal=doomed)
 
     async def retry(self, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:
         """Re-arm failed runs (``RunRearmed``): the given ids, or every failed run.
@@ -822,6 +839,7 @@ def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -
         home_score=match.home_score,
         away_score=match.away_score,
         has_analysis=match.has_analysis,
+        has_external_id=has_external_id(match.external_id),
         predictions_found=match.found,
         predictions_expected=match.expected,
         unscored=match.unscored,
