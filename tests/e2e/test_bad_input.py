@@ -332,7 +332,7 @@ class Row:
 
 ROWS: dict[str, Row] = {
     # With require_external_id off (as in _heal_logged) the analysis payload carries
-    # externalId null and the run heals; tests/integration/test_external_id.py: the rule on.
+    # externalId null and the run heals; tests/integration/test_external_id.py has the rule on.
     "external-id-null": Row("finished", (2, 0), False, external_id=None),
     # Scores on a match that is not finished: settlement is skipped, predictions pending.
     "scores-on-live-match": Row("live", (1, 1), "Home"),
