@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,16 @@ from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Phase, RunSeeded
 from retro.logs import run_fields
-from retro.machine import JobMeaning, Policy, Run, State, Waiting, clip
+from retro.machine import (
+    JobMeaning,
+    Policy,
+    Run,
+    State,
+    Waiting,
+    cannot_heal,
+    clip,
+    has_external_id,
+)
 from retro.metrics import Metrics
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import JobOptions, Queues, RedisUnreachable, job_id_formats, queue_names
@@ -55,6 +64,7 @@ def policy_from(settings: Settings) -> Policy:
         max_attempts=settings.max_attempts,
         max_reenqueues=settings.max_reenqueues,
         queue_wait_charged=settings.queue_wait_charged,
+        require_external_id=settings.require_external_id,
         queue_wait_budgets={phase: settings.queue_wait(phase) for phase in Phase},
         retry_backoff=settings.retry_backoff,
         budgets={phase: settings.phase_timeout(phase) for phase in Phase},
@@ -64,11 +74,14 @@ def policy_from(settings: Settings) -> Policy:
 
 @dataclass(frozen=True)
 class SeedReport:
-    """What ``start`` found and seeded."""
+    """What ``start`` found and seeded. ``cannot_heal`` maps a gap match's id to why
+    its run could never heal (:func:`retro.machine.cannot_heal`); a real ``start``
+    seeds it all the same, and the run fails at its first tick with the reason."""
 
     scan: gaps.Scan
     seeded: list[str]
     dry_run: bool
+    cannot_heal: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -290,7 +303,18 @@ class App:
                     ",".join(event.gaps),
                     extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
                 )
-        return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run)
+        doomed = {
+            gap.match_id: why
+            for gap in scan.gaps
+            if (
+                why := cannot_heal(
+                    has_analysis=gaps.GapKind.MISSING_ANALYSIS not in gap.kinds,
+                    external_id=has_external_id(gap.external_id),
+                    policy=self.policy,
+                )
+            )
+        }
+        return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run, cannot_heal=doomed)
 
     async def retry(self, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:
         """Re-arm failed runs (``RunRearmed``): the given ids, or every failed run.

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="a job waiting longer than its queue_wait_budget fails the attempt "
         "(default: it is only reported)",
     )
+    require_external_id: bool = Field(
+        True,
+        description="a match missing analysis with no external_id fails its run at once "
+        "instead of being sent to the analysis worker (false: the host's analysis does "
+        "not need it)",
+    )
     retry_backoff: float = Field(
         5.0, ge=0, le=MAX_SECONDS, description="first retry delay; doubles per attempt"
     )

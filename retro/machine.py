@@ -363,6 +363,9 @@ class Facts:
     """Workers consuming the job's queue (``None``: not looked up)."""
     queue_paused: bool | None = None
     """The job's queue is paused (``None``: not looked up)."""
+    has_external_id: bool = True
+    """The match's ``external_id`` names something (:func:`has_external_id`): the
+    analysis worker can look the match up. ``True`` when not looked up."""
 
 
 @dataclass(frozen=True)
@@ -426,9 +429,12 @@ class Policy:
     (DESIGN §3); a job over its schedule-to-start budget costs an attempt only with
     ``queue_wait_charged``.
     ``max_reenqueues`` bounds the re-adds of a lost job in a row.
+    ``require_external_id``: a match with no ``external_id`` is never sent to the
+    analysis worker; its run fails at once (:data:`NO_EXTERNAL_ID`).
     """
 
     max_attempts: int = 3
+    require_external_id: bool = True
     max_reenqueues: int = 3
     queue_wait_charged: bool = False
     queue_wait_budgets: Mapping[Phase, float] = field(
@@ -478,6 +484,25 @@ def clip(reason: str) -> str:
     return one_line[: REASON_LIMIT - 1] + "…"
 
 
+NO_EXTERNAL_ID = "no external_id"
+"""Why a match missing analysis cannot heal under ``require_external_id`` (shown as
+``cannot heal: no external_id``)."""
+
+
+def has_external_id(value: str | None) -> bool:
+    """True when a match's ``external_id`` names something: not NULL, not blank."""
+    return value is not None and value.strip() != ""
+
+
+def cannot_heal(*, has_analysis: bool, external_id: bool, policy: Policy) -> str | None:
+    """Why a run for a match could never heal, or ``None``: a match missing analysis
+    with no ``external_id`` (``external_id``: :func:`has_external_id` of it) while
+    ``policy.require_external_id`` is on gives :data:`NO_EXTERNAL_ID`."""
+    if policy.require_external_id and not has_analysis and not external_id:
+        return NO_EXTERNAL_ID
+    return None
+
+
 def settleable(facts: Facts) -> str | None:
     """``None`` if the match can be settled, else why not (DESIGN §3 guard)."""
     if facts.match_status not in SETTLED_STATUSES:
@@ -519,7 +544,9 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     Pure. ``now`` is aware UTC. A job in state ``unknown`` is never read as
     success or failure (DESIGN §4): it is lost, and ``JobReenqueued`` asks the
     shell to enqueue it again, at most ``policy.max_reenqueues`` times in a row,
-    then the run fails with the reason.
+    then the run fails with the reason. With ``policy.require_external_id``, an
+    analysis job for a match with no ``external_id`` is never requested: the run
+    fails at once (:data:`NO_EXTERNAL_ID`).
     """
     if run.state in TERMINAL:
         return None
@@ -532,7 +559,7 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     if run.state is State.PENDING:
         if facts.has_analysis:
             return AnalysisSkipped(at=now, reason="analysis with a favourite already present")
-        return _request(Phase.ANALYSIS, run, 1, now, policy)
+        return _request(Phase.ANALYSIS, run, 1, now, policy, facts)
     phase = PHASE_OF[run.state]
     if run.step is Step.FINISHED:
         return RunCompleted(at=now)
@@ -546,11 +573,11 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
             return None
         return _completed(phase, facts, now)
     if run.step is Step.ENTER:
-        return _request(phase, run, 1, now, policy)
+        return _request(phase, run, 1, now, policy, facts)
     if run.step is Step.BACKOFF:
         if not backoff_over(run.not_before, run.attempt, now, policy):
             return None
-        return _request(phase, run, run.attempt + 1, now, policy)
+        return _request(phase, run, run.attempt + 1, now, policy, facts)
     if run.step is Step.FAILED:
         if run.attempt >= policy.max_attempts:
             return RunFailed(
@@ -696,13 +723,25 @@ def backoff_over(not_before: datetime | None, attempt: int, now: datetime, polic
 
 
 def _request(
-    phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy
+    phase: Phase, run: Run, attempt: int, now: datetime, policy: Policy, facts: Facts
 ) -> Requested | RunFailed:
+    if phase is Phase.ANALYSIS and cannot_heal(
+        has_analysis=facts.has_analysis, external_id=facts.has_external_id, policy=policy
+    ):  # the worker could not look the match up: no job, no retry
+        return RunFailed(at=now, reason=clip(no_external_id_reason(run.match_id)))
     job_id = policy.job_id(phase, run.match_id)
     if (rule := jobids.refusal(job_id)) is not None:  # never reaches Redis
         reason = f"match id {run.match_id!r} gives job id {job_id!r}: {rule}"
         return RunFailed(at=now, reason=clip(reason))
     return REQUESTED[phase](at=now, job_id=job_id, attempt=attempt)
+
+
+def no_external_id_reason(match_id: str) -> str:
+    """The ``RunFailed`` reason of a match the analysis worker cannot look up."""
+    return (
+        f"cannot heal: match {match_id} has no external_id, which its analysis worker "
+        "needs to look the match up (set require_external_id = false if the host's does not)"
+    )
 
 
 def seed(event: RunSeeded) -> Run:

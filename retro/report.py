@@ -227,6 +227,7 @@ def start_json(report: SeedReport) -> dict[str, Any]:
                 "kinds": [str(k) for k in gap.kinds],
                 "found": gap.found,
                 "expected": gap.expected,
+                "cannot_heal": report.cannot_heal.get(gap.match_id),
             }
             for gap in scan.gaps
         ],

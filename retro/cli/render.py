@@ -57,6 +57,7 @@ def render_start(report: SeedReport) -> None:
     )
     for row in scan.skipped:
         err.print(shown(f"retro: skipped match {row.match_id}: {row.reason}"))
+    doomed = report.cannot_heal
     if scan.gaps:
         table = Table(
             "match",
@@ -82,6 +83,18 @@ def render_start(report: SeedReport) -> None:
         out.print(table)
         if len(scan.gaps) > 50:
             out.print(f"… and {len(scan.gaps) - 50} more")
+    if doomed:
+        fate = "would fail" if report.dry_run else "fail"
+        out.print(
+            f"{plural(len(doomed), 'gap match', 'gap matches')} cannot heal: no external_id, "
+            f"which the analysis worker needs; their runs {fate} at their first tick. "
+            "Fill matches.external_id, or set require_external_id = false if the host's "
+            "analysis does not need it:"
+        )
+        for match_id, why in list(doomed.items())[:50]:
+            out.print(shown(f"  {match_id}: cannot heal: {why}"))
+        if len(doomed) > 50:
+            out.print(f"  … and {len(doomed) - 50} more")
     blocked = (
         plural(
             scan.blocked,

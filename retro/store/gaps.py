@@ -41,7 +41,8 @@ class GapKind(StrEnum):
 
 @dataclass(frozen=True)
 class Gap:
-    """One gap match: its kinds, and predictions found vs expected."""
+    """One gap match: its kinds, and predictions found vs expected; ``external_id``
+    as the host stores it (``None``: NULL)."""
 
     match_id: str
     home_team: str | None
@@ -51,6 +52,7 @@ class Gap:
     kinds: tuple[GapKind, ...]
     found: int
     expected: int
+    external_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ async def scan(
     query = (
         select(
             matches.c.id,
+            matches.c.external_id,
             matches.c.home_team,
             matches.c.away_team,
             matches.c.kickoff_time,
@@ -317,6 +320,7 @@ async def scan(
                 kinds=kinds,
                 found=int(row["found"]),
                 expected=expected,
+                external_id=row["external_id"],
             )
         )
     gaps.sort(key=lambda gap: (gap.kickoff, gap.match_id))

@@ -331,7 +331,8 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    # The analysis payload carries externalId null; the run heals.
+    # With require_external_id off (as in _heal_logged) the analysis payload carries
+    # externalId null and the run heals; tests/integration/test_external_id.py has the rule on.
     "external-id-null": Row("finished", (2, 0), False, external_id=None),
     # Scores on a match that is not finished: settlement is skipped, predictions pending.
     "scores-on-live-match": Row("live", (1, 1), "Home"),
@@ -464,6 +465,7 @@ async def _heal_logged(url: str, redis_url: str, prefix: str, errors: list[str])
         retry_backoff=0.01,
         tick_interval=0.05,
         max_in_flight=len(ROWS),
+        require_external_id=False,  # the host's analysis here does not need it
     )
     async with App(settings) as app:
         seeded = await app.start(days=14, now=now)

@@ -4,17 +4,18 @@ run per gap match, a second run seeds nothing and says why, status counts them."
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import retro.store.migrate
-from retro.store.schema import backfill_events, backfill_runs
+from retro.store.schema import backfill_events, backfill_runs, matches
 from tests.conftest import Backend
-from tests.e2e.clirunner import Result, run_retro
+from tests.e2e.clirunner import Result, invoke_retro, run_retro
 from tests.e2e.hostdata import (
     EXPECTED,
     HostData,
@@ -150,3 +151,72 @@ def test_start_reports_bad_rows_and_seeds_the_rest(tmp_path: Path, backend: Back
         assert match_id not in result.stdout.replace(line, ""), "a skipped row was listed"
     assert f"Seeded {len(expect.gaps)} runs" in result.stdout, result
     assert [m for m, _ in _runs(url)] == sorted(expect.gaps)
+
+
+# --- matches that cannot heal: no external_id (issue 10, point 5) ---------------------
+
+NO_ID = {"g-no-analysis": None, "g-null-fav": "  "}
+"""Gap matches missing analysis, external_id NULL or blank: they cannot heal."""
+NO_ID_WITH_ANALYSIS = "g-partial"  # external_id NULL, but only predictions are missing
+
+
+def _clear_external_ids(url: str) -> None:
+    engine = engine_for(url)
+    try:
+        with engine.begin() as conn:
+            for match_id, value in {**NO_ID, NO_ID_WITH_ANALYSIS: None}.items():
+                conn.execute(
+                    update(matches).where(matches.c.id == match_id).values(external_id=value)
+                )
+    finally:
+        engine.dispose()
+
+
+def test_start_dry_run_lists_matches_that_cannot_heal_for_no_external_id(
+    tmp_path: Path, backend: Backend
+) -> None:
+    url, env = backend.database_url, backend.env()
+    expect = seed_host(url)
+    upgrade_retro(url)
+    _clear_external_ids(url)
+
+    dry = _ok(invoke_retro("start", "--days", "14", "--dry-run", cwd=tmp_path, env=env))
+    _assert_lists_gaps(dry, expect)
+    doomed = [
+        line for line in dry.stdout.splitlines() if line.endswith("cannot heal: no external_id")
+    ]
+    assert doomed == [f"  {match_id}: cannot heal: no external_id" for match_id in NO_ID], dry
+    assert "2 gap matches cannot heal: no external_id" in dry.stdout, dry
+    assert "would fail at their first tick" in dry.stdout, dry
+    assert "require_external_id = false" in dry.stdout, dry
+    assert f"would seed {len(expect.gaps)} runs" in dry.stdout, dry
+
+    doc = json.loads(
+        _ok(
+            invoke_retro("start", "--days", "14", "--dry-run", "--json", cwd=tmp_path, env=env)
+        ).stdout
+    )
+    assert {g["match_id"]: g["cannot_heal"] for g in doc["gaps"]} == {
+        m: "no external_id" if m in NO_ID else None for m in expect.gaps
+    }
+    assert _runs(url) == [], "a dry run writes nothing"
+
+    off = {**env, "RETRO_REQUIRE_EXTERNAL_ID": "false"}
+    plain = _ok(invoke_retro("start", "--days", "14", "--dry-run", cwd=tmp_path, env=off))
+    assert "cannot heal" not in plain.stdout, plain
+    doc = json.loads(
+        _ok(
+            invoke_retro("start", "--days", "14", "--dry-run", "--json", cwd=tmp_path, env=off)
+        ).stdout
+    )
+    assert [g["cannot_heal"] for g in doc["gaps"]] == [None] * len(expect.gaps)
+
+    # A real start seeds them all the same: their runs fail at the first tick, on record.
+    seeded = _ok(invoke_retro("start", "--days", "14", cwd=tmp_path, env=env))
+    assert "2 gap matches cannot heal: no external_id" in seeded.stdout, seeded
+    assert "their runs fail at their first tick" in seeded.stdout, seeded
+    assert f"Seeded {len(expect.gaps)} runs" in seeded.stdout, seeded
+
+    config = json.loads(_ok(invoke_retro("config", "--json", cwd=tmp_path, env=off)).stdout)
+    assert config["settings"]["require_external_id"] is False
+    assert config["sources"]["require_external_id"] == "env"

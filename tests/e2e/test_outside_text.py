@@ -49,7 +49,7 @@ async def seed(database_url: str) -> None:
                 [
                     {
                         "id": MATCH_ID,
-                        "external_id": None,
+                        "external_id": "ext-outside",  # NULL: no job (require_external_id)
                         "competition_id": "x.1",
                         "home_team": HOME,
                         "away_team": "Away",
