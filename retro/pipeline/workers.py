@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from retro.pipeline import host
 from retro.pipeline.faults import DB_RETRY_SECONDS, InjectedFailure, should_fail, with_db_retry
+from retro.pipeline.host_rows import JobLogEntry
 from retro.pipeline.stages import StageError, run_analysis, run_predictions, run_settlement
 from retro.queue import consume
-from retro.store import host
 from retro.store.db import create_engine
-from retro.store.host_rows import JobLogEntry
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested, RunFailed
-from retro.store import host, runs
+from retro.pipeline import host
+from retro.store import runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
 from tests.e2e.clirunner import clean_env
