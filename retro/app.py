@@ -20,6 +20,7 @@ from retro.clock import JobClock
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
+from retro.errors import UsageError
 from retro.events import Event, JobReenqueued, Phase, Requested, RunFailed, RunSeeded
 from retro.logs import logfmt_value, run_fields
 from retro.machine import (
@@ -81,7 +82,7 @@ REPROCESS: dict[str, tuple[str, ...]] = {
 """``retro start --reprocess`` choices and the run states they lift the cooldown for."""
 
 
-class RetryRefused(ValueError):
+class RetryRefused(UsageError, ValueError):
     """``retro retry`` cannot re-arm what it was asked to; nothing was written."""
 
 

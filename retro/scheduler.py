@@ -31,11 +31,12 @@ from sqlalchemy.engine import make_url
 from retro import jobids
 from retro.app import App, TickReport, unreachable
 from retro.config import error_line
+from retro.errors import UsageError
 
 log = logging.getLogger("retro.daemon")
 
 
-class DaemonLocked(RuntimeError):
+class DaemonLocked(UsageError, RuntimeError):
     """Another ``retro run`` holds this SQLite database."""
 
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from retro.app import REPROCESS, App, RetryRefused, SeedReport, StatusReport, unreachable
+from retro.app import REPROCESS, App, SeedReport, StatusReport, unreachable
 from retro.cli.render import (
     WatchView,
     err,
@@ -33,19 +33,16 @@ from retro.cli.render import (
 )
 from retro.config import ConfigError, Settings, load_settings, mask, setting_env
 from retro.crashpoints import CrashPoints
+from retro.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RetroError
 from retro.logs import LOG_FORMATS, setup_logging
 from retro.machine import Run
 from retro.metrics import MetricsServer
-from retro.ops import Refused
 from retro.progress import DEFAULT_WINDOW
-from retro.queue import RedisUnreachable
 from retro.report import dumps, start_json, status_json, verify_json
-from retro.scheduler import Daemon, DaemonLocked, SqliteLock, utcnow
-from retro.store.db import StoreError, require_sqlite_file
+from retro.scheduler import Daemon, SqliteLock, utcnow
+from retro.store.db import require_sqlite_file
 from retro.store.runs import Audit
 from retro.text import escape
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,13 +119,14 @@ def settings_from(database_url: str | None, redis_url: str | None, **more: Any) 
 
 
 def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:
-    """Run ``coro``; map known errors to one line and an exit code."""
+    """Run ``coro``; a :class:`~retro.errors.RetroError` becomes one line and its exit
+    code, any other exception one line naming its type and exit 1."""
     try:
         return asyncio.run(coro)
-    except (ConfigError, StoreError, RedisUnreachable, DaemonLocked, RetryRefused, Refused) as exc:
+    except RetroError as exc:
         if verbose:
             traceback.print_exc()
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:
