@@ -39,7 +39,7 @@ from retro.machine import (
     is_stale,
     why_waiting,
 )
-from retro.metrics import Metrics
+from retro.metrics import Metrics, Probes
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import (
     FINISHED_STATES,
@@ -247,6 +247,18 @@ class App:
         """The Redis URL in use (the embedded server's socket, or the configured URL)."""
         assert self.queues is not None
         return self.queues.redis_url
+
+    def probes(self) -> Probes:
+        """What the metrics server reads of this app (entered, with Redis)."""
+        assert self.queues is not None, "the metrics server needs the daemon's Redis"
+        return Probes(
+            metrics=self.metrics,
+            database_url=self.settings.database_url,
+            redis_url=self.redis_url,
+            queue_prefix=self.settings.queue_prefix,
+            queues=tuple(self.queues.names.values()),
+            tick_interval=self.settings.tick_interval,
+        )
 
     # --- start --------------------------------------------------------------
 

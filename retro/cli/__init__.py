@@ -504,7 +504,7 @@ def run(
             lock.acquire()
             async with App(settings, crash=CrashPoints.from_env()) as retro:
                 if server is not None:
-                    server.serve(retro)
+                    server.serve(retro.probes())
                 logger = logging.getLogger("retro")
                 if retro.redis_warning:
                     logger.warning(retro.redis_warning)
