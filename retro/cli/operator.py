@@ -1,25 +1,147 @@
-"""``retro history`` and ``retro cancel``: an operator's look at one run's events,
-and stopping live runs. Registered on the ``retro`` group by :mod:`retro.cli`."""
+"""Operator commands over runs: ``retro start``, ``retry``, ``verify``, ``history``
+and ``cancel``. Each parses, opens the app, calls one method and renders."""
 
 from __future__ import annotations
 
 import click
 
-from retro.app import App
-from retro.cli import (
+from retro.app import REPROCESS, App, SeedReport
+from retro.cli.common import (
     connection_options,
     emit,
     execute,
     json_option,
+    print_json,
     settings_from,
 )
-from retro.cli.render import render_cancel, render_history
+from retro.cli.render import (
+    err,
+    out,
+    plural,
+    render_cancel,
+    render_history,
+    render_start,
+)
+from retro.errors import EXIT_FAILURE, EXIT_OK
 from retro.logs import setup_logging
+from retro.machine import Run
 from retro.ops import CANCEL_REASON, CancelReport, History
 from retro.ops import cancel as cancel_runs
 from retro.ops import history as run_history
-from retro.report import cancel_json, history_json
+from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
+from retro.store.runs import Audit
+
+
+@click.command()
+@click.option(
+    "--days",
+    type=click.IntRange(0, 3650),
+    required=True,
+    help="Look back this many days: kick-off in [now-days, now].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the gaps and what would be seeded; write nothing.",
+)
+@click.option(
+    "--reprocess",
+    type=click.Choice(sorted(REPROCESS)),
+    default="missing",
+    help="missing: gaps without a recent run; failed: also gaps whose last run failed "
+    "within the cooldown; all: ignore the cooldown.",
+)
+@json_option
+@connection_options
+def start(
+    days: int,
+    dry_run: bool,
+    reprocess: str,
+    as_json: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Scan for gap matches and seed one backfill run per match."""
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
+
+    async def go() -> SeedReport:
+        async with App(settings, redis=False) as retro:
+            return await retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess)
+
+    report = execute(go(), verbose)
+    emit(as_json, report, start_json, render_start)
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Re-arm every failed run.",
+)
+@connection_options
+def retry(
+    run_ids: tuple[str, ...],
+    failed: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Re-arm failed runs (RunRearmed): they start again from pending."""
+    if bool(run_ids) == failed:
+        raise click.UsageError("give run ids or --failed (one of them, not both)")
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
+
+    async def go() -> list[Run]:
+        async with App(settings, redis=False) as retro:
+            return await retro.retry(list(run_ids), failed=failed, now=utcnow())
+
+    rearmed = execute(go(), verbose)
+    out.print(
+        f"Re-armed {plural(len(rearmed), 'run')}"
+        + (": " + ", ".join(r.id for r in rearmed) if rearmed else ".")
+    )
+
+
+@click.command()
+@json_option
+@connection_options
+def verify(
+    as_json: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Rebuild every run from its events; exit 1 if a stored projection drifted."""
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
+
+    async def go() -> Audit:
+        async with App(settings, redis=False) as retro:
+            return await retro.verify()
+
+    audit = execute(go(), verbose)
+    if as_json:
+        print_json(verify_json(audit))
+        raise SystemExit(EXIT_FAILURE if audit.drifted else EXIT_OK)
+    if audit.drifted:
+        err.print(
+            f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
+            "from their events: " + ", ".join(audit.drifted[:20]),
+            markup=False,
+        )
+        raise SystemExit(EXIT_FAILURE)
+    out.print(
+        f"{plural(audit.runs, 'run')}, {plural(audit.events, 'event')}: every projection "
+        "equals the replay of its events."
+    )
 
 
 @click.command()
