@@ -46,13 +46,11 @@ from retro.queue import (
     JobOptions,
     Queues,
     RedisUnreachable,
-    analysis_payload,
     job_id_formats,
-    predictions_payload,
     queue_names,
-    settlement_payload,
 )
 from retro.queue import is_unreachable as queue_is_unreachable
+from retro.stages import STAGES
 from retro.store import db, gaps, migrate, runs
 from retro.store.facts import MatchFacts, match_facts
 
@@ -845,11 +843,7 @@ def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -
 
 def job_payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
     """The host payload of ``phase``'s job for ``match`` (DESIGN §1)."""
-    if phase is Phase.ANALYSIS:
-        return analysis_payload(match.match_id, match.external_id, match.home_team, match.away_team)
-    if phase is Phase.PREDICTIONS:
-        return predictions_payload(match.match_id)
-    return settlement_payload(match.match_id, match.home_score, match.away_score, match.status)
+    return STAGES[phase].payload(match)
 
 
 def _describe(event: Event) -> str:
