@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import click
 
+from retro.app import App
 from retro.cli.render import (
     err,
 )
 from retro.config import ConfigError, Settings, load_settings, mask, setting_env
 from retro.errors import EXIT_FAILURE, EXIT_USAGE, RetroError
-from retro.logs import LOG_FORMATS
+from retro.logs import LOG_FORMATS, setup_logging
 from retro.report import dumps
 from retro.text import escape
 
@@ -99,6 +100,40 @@ def settings_from(database_url: str | None, redis_url: str | None, **more: Any) 
         )
     except ConfigError as exc:
         fail(str(exc))
+
+
+def open_settings(
+    database_url: str | None, redis_url: str | None, verbose: bool, log_format: str | None
+) -> Settings:
+    """A command's first step: its :func:`settings_from` the command line, and logging
+    set up from them (``--verbose``, ``log_format``)."""
+    settings = settings_from(database_url, redis_url, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
+    return settings
+
+
+def with_app(
+    settings: Settings,
+    verbose: bool,
+    call: Callable[[App], Awaitable[T]],
+    *,
+    redis: bool = True,
+    redis_optional: bool = False,
+) -> T:
+    """Open the app on ``settings``, await ``call(app)``, close the app, and return
+    what ``call`` returned; errors as :func:`execute`.
+
+    Args:
+        redis: connect to Redis (commands that touch only the database pass False).
+        redis_optional: a Redis that does not answer is reported by the app, not
+            raised (``retro status``).
+    """
+
+    async def go() -> T:
+        async with App(settings, redis=redis, redis_optional=redis_optional) as app:
+            return await call(app)
+
+    return execute(go(), verbose)
 
 
 def execute(coro: Coroutine[Any, Any, T], verbose: bool) -> T:

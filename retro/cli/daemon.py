@@ -12,6 +12,7 @@ from retro.cli.common import (
     connection_options,
     execute,
     log_format_option,
+    open_settings,
     settings_from,
     verbose_option,
 )
@@ -158,8 +159,7 @@ def workers(
     log_format: str | None,
 ) -> None:
     """Run the reference workers for the three queues (for operators without their own)."""
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
     from retro.pipeline.service import serve
 
     execute(

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
-from retro.app import REPROCESS, App, SeedReport
+from retro.app import REPROCESS
 from retro.cli.common import (
     connection_options,
     emit,
-    execute,
     json_option,
+    open_settings,
     print_json,
-    settings_from,
+    with_app,
 )
 from retro.cli.render import (
     err,
@@ -23,14 +23,11 @@ from retro.cli.render import (
     render_start,
 )
 from retro.errors import EXIT_FAILURE, EXIT_OK
-from retro.logs import setup_logging
-from retro.machine import Run
-from retro.ops import CANCEL_REASON, CancelReport, History
+from retro.ops import CANCEL_REASON
 from retro.ops import cancel as cancel_runs
 from retro.ops import history as run_history
 from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
-from retro.store.runs import Audit
 
 
 @click.command()
@@ -65,14 +62,14 @@ def start(
     log_format: str | None,
 ) -> None:
     """Scan for gap matches and seed one backfill run per match."""
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> SeedReport:
-        async with App(settings, redis=False) as retro:
-            return await retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess)
-
-    report = execute(go(), verbose)
+    report = with_app(
+        settings,
+        verbose,
+        lambda retro: retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess),
+        redis=False,
+    )
     emit(as_json, report, start_json, render_start)
 
 
@@ -95,14 +92,14 @@ def retry(
     """Re-arm failed runs (RunRearmed): they start again from pending."""
     if bool(run_ids) == failed:
         raise click.UsageError("give run ids or --failed (one of them, not both)")
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> list[Run]:
-        async with App(settings, redis=False) as retro:
-            return await retro.retry(list(run_ids), failed=failed, now=utcnow())
-
-    rearmed = execute(go(), verbose)
+    rearmed = with_app(
+        settings,
+        verbose,
+        lambda retro: retro.retry(list(run_ids), failed=failed, now=utcnow()),
+        redis=False,
+    )
     out.print(
         f"Re-armed {plural(len(rearmed), 'run')}"
         + (": " + ", ".join(r.id for r in rearmed) if rearmed else ".")
@@ -120,14 +117,9 @@ def verify(
     log_format: str | None,
 ) -> None:
     """Rebuild every run from its events; exit 1 if a stored projection drifted."""
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> Audit:
-        async with App(settings, redis=False) as retro:
-            return await retro.verify()
-
-    audit = execute(go(), verbose)
+    audit = with_app(settings, verbose, lambda retro: retro.verify(), redis=False)
     if as_json:
         print_json(verify_json(audit))
         raise SystemExit(EXIT_FAILURE if audit.drifted else EXIT_OK)
@@ -170,14 +162,9 @@ def history(
 
     Given a match id: every run of that match, newest first. Unknown id: exit 2.
     """
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> History:
-        async with App(settings, redis=False) as retro:
-            return await run_history(retro, ident, of=of)
-
-    found = execute(go(), verbose)
+    found = with_app(settings, verbose, lambda retro: run_history(retro, ident, of=of), redis=False)
     emit(as_json, found, history_json, render_history)
 
 
@@ -220,14 +207,13 @@ def cancel(
         raise click.UsageError("give run ids or --all (one of them, not both)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> CancelReport:
-        async with App(settings) as retro:
-            return await cancel_runs(
-                retro, list(run_ids), every_live=every_live, now=utcnow(), reason=reason.strip()
-            )
-
-    report = execute(go(), verbose)
+    report = with_app(
+        settings,
+        verbose,
+        lambda retro: cancel_runs(
+            retro, list(run_ids), every_live=every_live, now=utcnow(), reason=reason.strip()
+        ),
+    )
     emit(as_json, report, cancel_json, render_cancel)

@@ -16,7 +16,8 @@ from retro.cli.common import (
     emit,
     execute,
     json_option,
-    settings_from,
+    open_settings,
+    with_app,
 )
 from retro.cli.render import (
     WatchView,
@@ -25,7 +26,6 @@ from retro.cli.render import (
 )
 from retro.config import Settings
 from retro.errors import EXIT_FAILURE, EXIT_OK
-from retro.logs import setup_logging
 from retro.progress import DEFAULT_WINDOW
 from retro.report import status_json
 from retro.scheduler import utcnow
@@ -80,18 +80,16 @@ def status(
         raise click.UsageError("--watch and --json do not go together")
     if not watch and (interval is not None or count is not None):
         raise click.UsageError("--interval and --count need --watch")
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
     if watch:
         watch_status(settings, interval or 2.0, count, eta_window, verbose)
         return
 
-    async def go() -> tuple[StatusReport, datetime]:
-        async with App(settings, redis_optional=True) as retro:
-            now = utcnow()
-            return await retro.status(now=now, window=eta_window), now
+    async def read(retro: App) -> tuple[StatusReport, datetime]:
+        now = utcnow()
+        return await retro.status(now=now, window=eta_window), now
 
-    report, now = execute(go(), verbose)
+    report, now = with_app(settings, verbose, read, redis_optional=True)
     emit(
         as_json,
         report,
