@@ -51,7 +51,8 @@ from retro.app import App
 from retro.config import Settings
 from retro.events import RunSeeded, to_record
 from retro.machine import seed
-from retro.store import host, migrate, runs
+from retro.pipeline import host
+from retro.store import migrate, runs
 from retro.store.db import create_engine, is_sqlite
 from retro.store.schema import backfill_events, backfill_runs, matches, models
 

@@ -81,9 +81,10 @@ from retro.config import Settings
 from retro.demo.seed import seed_demo
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested
 from retro.machine import SETTLED_STATUSES, TERMINAL, State
+from retro.pipeline import host
 from retro.pipeline.faults import INJECTED
 from retro.pipeline.workers import QUEUES
-from retro.store import gaps, host, migrate, runs
+from retro.store import gaps, migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_events, backfill_runs, match_analysis, matches, predictions
 

@@ -49,7 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chaos import DEFAULT_POSTGRES, fresh_database
-from retro.store import gaps, host, migrate
+from retro.pipeline import host
+from retro.store import gaps, migrate
 from retro.store.db import create_engine
 
 NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)

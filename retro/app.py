@@ -20,6 +20,7 @@ from retro.clock import Clocks
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
+from retro.errors import UsageError
 from retro.events import Phase, RunSeeded
 from retro.logs import run_fields
 from retro.machine import (
@@ -32,7 +33,7 @@ from retro.machine import (
     clip,
     has_external_id,
 )
-from retro.metrics import Metrics
+from retro.metrics import Metrics, Probes
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import JobOptions, Queues, RedisUnreachable, job_id_formats, queue_names
 from retro.store import db, gaps, migrate, runs
@@ -54,7 +55,7 @@ REPROCESS: dict[str, tuple[str, ...]] = {
 """``retro start --reprocess`` choices and the run states they lift the cooldown for."""
 
 
-class RetryRefused(ValueError):
+class RetryRefused(UsageError, ValueError):
     """``retro retry`` cannot re-arm what it was asked to; nothing was written."""
 
 
@@ -234,6 +235,18 @@ class App:
         """The Redis URL in use (the embedded server's socket, or the configured URL)."""
         assert self.queues is not None
         return self.queues.redis_url
+
+    def probes(self) -> Probes:
+        """What the metrics server reads of this app (entered, with Redis)."""
+        assert self.queues is not None, "the metrics server needs the daemon's Redis"
+        return Probes(
+            metrics=self.metrics,
+            database_url=self.settings.database_url,
+            redis_url=self.redis_url,
+            queue_prefix=self.settings.queue_prefix,
+            queues=tuple(self.queues.names.values()),
+            tick_interval=self.settings.tick_interval,
+        )
 
     # --- start --------------------------------------------------------------
 

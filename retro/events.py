@@ -284,3 +284,14 @@ def from_record(type_: str, data: dict[str, Any], at: datetime) -> Event:
         return cls(at=at, **kwargs)
     except (KeyError, TypeError, ValueError) as exc:
         raise UnknownEvent(f"event {type_!r} has unusable data: {exc}") from None
+
+
+HANDOFF_TYPES: tuple[str, ...] = (
+    "AnalysisCompleted",
+    "AnalysisSkipped",
+    "PredictionsCompleted",
+    "SettlementCompleted",
+    "SettlementSkipped",
+)
+"""Events that end a phase: a hand-off to the next stage. Every run that ends
+``done`` has exactly three (one per phase)."""

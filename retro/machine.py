@@ -38,6 +38,7 @@ from retro.events import (
     SettlementCompleted,
     SettlementSkipped,
 )
+from retro.stages import JOB_ID_FORMATS, QUEUE_WAIT_BUDGET, STAGES
 from retro.text import escape
 
 
@@ -438,23 +439,13 @@ class Policy:
     max_reenqueues: int = 3
     queue_wait_charged: bool = False
     queue_wait_budgets: Mapping[Phase, float] = field(
-        default_factory=lambda: dict.fromkeys(Phase, 600.0)
+        default_factory=lambda: dict.fromkeys(Phase, QUEUE_WAIT_BUDGET)
     )
     retry_backoff: float = 5.0
     budgets: Mapping[Phase, float] = field(
-        default_factory=lambda: {
-            Phase.ANALYSIS: 120.0,
-            Phase.PREDICTIONS: 300.0,
-            Phase.SETTLEMENT: 60.0,
-        }
+        default_factory=lambda: {phase: stage.timeout for phase, stage in STAGES.items()}
     )
-    job_ids: Mapping[Phase, str] = field(
-        default_factory=lambda: {
-            Phase.ANALYSIS: "analyze-retro-{matchId}",
-            Phase.PREDICTIONS: "predict-retro-{matchId}",
-            Phase.SETTLEMENT: "settle-retro-{matchId}",
-        }
-    )
+    job_ids: Mapping[Phase, str] = field(default_factory=lambda: dict(JOB_ID_FORMATS))
 
     def job_id(self, phase: Phase, match_id: str) -> str:
         """The deterministic job id of ``phase`` for ``match_id`` (encoded:

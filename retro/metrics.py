@@ -21,10 +21,11 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
@@ -52,9 +53,6 @@ from retro.machine import JobState, JobView, Run, State, Waiting
 from retro.queue import count_workers, redis_db
 from retro.store.gaps import GapKind, Scan
 from retro.store.schema import backfill_runs
-
-if TYPE_CHECKING:
-    from retro.app import App
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +460,32 @@ class Health:
         return {"ok": True, "seconds": round(time.perf_counter() - started, 4)}
 
 
+@dataclass(frozen=True)
+class Probes:
+    """What ``/metrics`` and ``/healthz`` read of a running daemon: its metrics (the
+    registry, the last-tick clock and the waits over budget) and where to ping its
+    database and Redis. Small values, not the app, so this module imports no part of
+    the daemon.
+
+    Attributes:
+        metrics: the daemon's metrics (:meth:`Metrics.ticked` sets the tick clock).
+        database_url: retro's database (async URL); pinged with ``SELECT 1`` and read
+            for runs by state through a synchronous engine (:func:`sync_engine`).
+        redis_url: the Redis the daemon uses (an embedded one's ``unix://`` socket);
+            pinged, and read for the workers on each queue.
+        queue_prefix: BullMQ key prefix.
+        queues: the queue names whose workers are counted.
+        tick_interval: the daemon's tick interval, seconds (the health rule's unit).
+    """
+
+    metrics: Metrics
+    database_url: str
+    redis_url: str
+    queue_prefix: str
+    queues: Sequence[str]
+    tick_interval: float
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -503,19 +527,16 @@ class MetricsServer:
             raise ConfigError(f"metrics server cannot listen on {host}:{port}: {reason}") from None
         self.port = int(self._server.server_address[1])
 
-    def serve(self, app: App) -> None:
-        """Start answering for ``app`` (entered, with Redis): its metrics, runs by
-        state from its database, and its health."""
-        assert app.queues is not None, "the metrics server needs the daemon's Redis"
-        self._engine = sync_engine(app.settings.database_url)
-        app.metrics.registry.register(RunsByState(self._engine))
-        self._workers = WorkersByQueue(
-            app.redis_url, app.settings.queue_prefix, app.queues.names.values()
-        )
-        app.metrics.registry.register(self._workers)
-        self._health = Health(self._engine, app.redis_url, app.metrics, app.settings.tick_interval)
+    def serve(self, probes: Probes) -> None:
+        """Start answering from ``probes``: the daemon's metrics, runs by state from
+        its database, and its health."""
+        self._engine = sync_engine(probes.database_url)
+        probes.metrics.registry.register(RunsByState(self._engine))
+        self._workers = WorkersByQueue(probes.redis_url, probes.queue_prefix, probes.queues)
+        probes.metrics.registry.register(self._workers)
+        self._health = Health(self._engine, probes.redis_url, probes.metrics, probes.tick_interval)
         self._routes = {
-            "/metrics": make_wsgi_app(app.metrics.registry),
+            "/metrics": make_wsgi_app(probes.metrics.registry),
             "/healthz": self._healthz,
         }
         self._thread = threading.Thread(

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from retro.app import App
 from retro.config import mask
+from retro.errors import UsageError
 from retro.events import Phase, RunCancelled
 from retro.logs import logfmt_value, run_fields
 from retro.machine import LIVE, TERMINAL, Run, Step, clip
@@ -30,7 +31,7 @@ UNSTARTED = frozenset(str(s) for s in UNSTARTED_STATES)
 """BullMQ job states a job can be removed in (a worker has not taken it)."""
 
 
-class Refused(ValueError):
+class Refused(UsageError, ValueError):
     """An operator command cannot do what it was asked; nothing was written."""
 
 

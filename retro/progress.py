@@ -2,7 +2,7 @@
 from the recent hand-off rate (``retro status``).
 
 A *hand-off* is an event that finishes a phase and passes the match on to the next
-stage (:data:`retro.store.runs.HANDOFF_TYPES`: ``AnalysisCompleted``/``Skipped``,
+stage (:data:`retro.events.HANDOFF_TYPES`: ``AnalysisCompleted``/``Skipped``,
 ``PredictionsCompleted``, ``SettlementCompleted``/``Skipped``). A run that ends
 ``done`` has exactly three. The ETA is::
 
@@ -24,10 +24,18 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from retro.machine import PHASE_OF, State
+from retro.stages import STAGES
 from retro.store import runs
 
 DEFAULT_WINDOW = 600.0
 """Seconds of recent history the hand-off rate is measured over."""
+HANDOFFS_LEFT: dict[str, int] = {
+    str(State.PENDING): len(STAGES),
+    **{str(state): STAGES[phase].handoffs_left for state, phase in PHASE_OF.items()},
+}
+"""Hand-offs a live run still needs, by state: every stage for a pending run, the
+stage it is in and every later one otherwise (from :data:`retro.stages.STAGES`)."""
 MIN_SPAN = 60.0
 """Seconds: the shortest span a rate is measured over (one burst is not a rate)."""
 
@@ -73,7 +81,7 @@ async def measure(
     total = sum(counts.values())
     done, failed, cancelled = (counts.get(s, 0) for s in ("done", "failed", "cancelled"))
     recent = await runs.handoffs_since(conn, now - timedelta(seconds=window))
-    left = await runs.phases_left(conn)
+    left = await runs.phases_left(conn, HANDOFFS_LEFT)
     span = window
     if recent.oldest_event_at is not None:
         span = min(window, (now - recent.oldest_event_at).total_seconds())

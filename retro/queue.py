@@ -31,21 +31,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from retro.config import Settings, mask
+from retro.errors import UsageError
 from retro.events import Phase
 from retro.machine import JobState, JobView
+from retro.stages import (
+    JOB_ID_FORMATS,
+    JOB_NAMES,
+    STAGES,
+    analysis_payload,
+    predictions_payload,
+    settlement_payload,
+)
 
 log = logging.getLogger(__name__)
 
-JOB_NAMES: Mapping[Phase, str] = {
-    Phase.ANALYSIS: "analyze-match",
-    Phase.PREDICTIONS: "predict-match",
-    Phase.SETTLEMENT: "settle-match",
-}
-JOB_ID_FORMATS: Mapping[Phase, str] = {
-    phase: Settings.model_fields[f"{phase}_job_id"].default for phase in Phase
-}
-"""The default job-id templates (``analyze-retro-{matchId}``…); the effective
-ones come from :func:`job_id_formats`."""
+__all__ = [
+    "JOB_ID_FORMATS",
+    "JOB_NAMES",
+    "analysis_payload",
+    "predictions_payload",
+    "settlement_payload",
+]
+"""Re-exported from :mod:`retro.stages`, where the stage vocabulary lives."""
+
 FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
 UNSTARTED_STATES = frozenset(
     {JobState.WAITING, JobState.DELAYED, JobState.PRIORITIZED, JobState.WAITING_CHILDREN}
@@ -96,7 +104,7 @@ def count_workers(clients: list[dict[str, Any]], *, prefix: str, queue: str, db:
     return max(blocking, 1 if named else 0)
 
 
-class RedisUnreachable(RuntimeError):
+class RedisUnreachable(UsageError, RuntimeError):
     """Redis did not answer; the message names the (masked) URL."""
 
 
@@ -109,41 +117,13 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def queue_names(settings: Settings) -> dict[Phase, str]:
     """The host's queue name for each phase, from ``settings``."""
-    return {phase: str(getattr(settings, f"{phase}_queue")) for phase in Phase}
+    return {phase: str(getattr(settings, stage.queue_setting)) for phase, stage in STAGES.items()}
 
 
 def job_id_formats(settings: Settings) -> dict[Phase, str]:
     """The job-id template of each phase, from ``settings`` (e.g. ``analyze-retro-{matchId}``;
     validated there: ``{matchId}`` exactly once, no ``:``)."""
-    return {phase: str(getattr(settings, f"{phase}_job_id")) for phase in Phase}
-
-
-def analysis_payload(
-    match_id: str, external_id: str | None, home: str | None, away: str | None
-) -> dict[str, Any]:
-    """``analyze-match`` payload.
-
-    ``{matchId, externalId, homeTeam, awayTeam, allowRetroactive: true}``.
-    """
-    return {
-        "matchId": match_id,
-        "externalId": external_id,
-        "homeTeam": home,
-        "awayTeam": away,
-        "allowRetroactive": True,
-    }
-
-
-def predictions_payload(match_id: str) -> dict[str, Any]:
-    """``predict-match`` payload: ``{matchId, attempt: 1, skipIfDone, allowRetroactive}``."""
-    return {"matchId": match_id, "attempt": 1, "skipIfDone": True, "allowRetroactive": True}
-
-
-def settlement_payload(
-    match_id: str, home_score: int | None, away_score: int | None, status: str | None
-) -> dict[str, Any]:
-    """``settle-match`` payload: ``{matchId, homeScore, awayScore, status}``."""
-    return {"matchId": match_id, "homeScore": home_score, "awayScore": away_score, "status": status}
+    return {phase: str(getattr(settings, stage.job_id_setting)) for phase, stage in STAGES.items()}
 
 
 _UNRECOVERABLE = re.compile(

@@ -31,12 +31,13 @@ from sqlalchemy.engine import make_url
 from retro import jobids
 from retro.app import App
 from retro.config import error_line
+from retro.errors import UsageError
 from retro.tick import TickReport, unreachable
 
 log = logging.getLogger("retro.daemon")
 
 
-class DaemonLocked(RuntimeError):
+class DaemonLocked(UsageError, RuntimeError):
     """Another ``retro run`` holds this SQLite database."""
 
 

@@ -46,14 +46,9 @@ from retro.machine import (
     why_waiting,
 )
 from retro.metrics import Metrics
-from retro.queue import (
-    FINISHED_STATES,
-    Queues,
-    analysis_payload,
-    predictions_payload,
-    settlement_payload,
-)
+from retro.queue import FINISHED_STATES, Queues
 from retro.queue import is_unreachable as queue_is_unreachable
+from retro.stages import STAGES
 from retro.store import db, runs
 from retro.store.facts import MatchFacts, match_facts
 
@@ -514,11 +509,7 @@ def _facts(match: MatchFacts | None, job: JobView | None, workers: int | None) -
 
 def job_payload(phase: Phase, match: MatchFacts) -> dict[str, Any]:
     """The host payload of ``phase``'s job for ``match`` (DESIGN §1)."""
-    if phase is Phase.ANALYSIS:
-        return analysis_payload(match.match_id, match.external_id, match.home_team, match.away_team)
-    if phase is Phase.PREDICTIONS:
-        return predictions_payload(match.match_id)
-    return settlement_payload(match.match_id, match.home_score, match.away_score, match.status)
+    return STAGES[phase].payload(match)
 
 
 def _describe(event: Event) -> str:

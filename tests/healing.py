@@ -13,9 +13,10 @@ from retro.app import App
 from retro.config import Settings
 from retro.demo.seed import seed_demo
 from retro.events import Requested
+from retro.pipeline import host
 from retro.pipeline.workers import QUEUES, run_workers
 from retro.scheduler import Daemon
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_runs, predictions
 

@@ -13,11 +13,12 @@ from itertools import pairwise
 from typing import Any
 
 from retro.events import JobFailed, PhaseTimedOut, RetryScheduled, RunFailed
+from retro.pipeline import host
+from retro.pipeline.host_rows import MatchRow, ModelRow, iso_utc
 from retro.pipeline.workers import QUEUES, ReferenceWorkers
 from retro.queue import consume
-from retro.store import host, migrate
+from retro.store import migrate
 from retro.store.db import create_engine
-from retro.store.host_rows import MatchRow, ModelRow, iso_utc
 
 SLOW = 0.6
 """Seconds each job takes: long enough to be active when the clock jumps."""

@@ -1,25 +1,143 @@
-"""``retro history`` and ``retro cancel``: an operator's look at one run's events,
-and stopping live runs. Registered on the ``retro`` group by :mod:`retro.cli`."""
+"""Operator commands over runs: ``retro start``, ``retry``, ``verify``, ``history``
+and ``cancel``. Each parses, opens the app, calls one method and renders."""
 
 from __future__ import annotations
 
 import click
 
-from retro.app import App
-from retro.cli import (
+from retro.app import REPROCESS
+from retro.cli.common import (
     connection_options,
     emit,
-    execute,
     json_option,
-    settings_from,
+    open_settings,
+    print_json,
+    with_app,
 )
-from retro.cli.render import render_cancel, render_history
-from retro.logs import setup_logging
-from retro.ops import CANCEL_REASON, CancelReport, History
+from retro.cli.render import (
+    err,
+    out,
+    plural,
+    render_cancel,
+    render_history,
+    render_start,
+)
+from retro.errors import EXIT_FAILURE, EXIT_OK
+from retro.ops import CANCEL_REASON
 from retro.ops import cancel as cancel_runs
 from retro.ops import history as run_history
-from retro.report import cancel_json, history_json
+from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
+
+
+@click.command()
+@click.option(
+    "--days",
+    type=click.IntRange(0, 3650),
+    required=True,
+    help="Look back this many days: kick-off in [now-days, now].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the gaps and what would be seeded; write nothing.",
+)
+@click.option(
+    "--reprocess",
+    type=click.Choice(sorted(REPROCESS)),
+    default="missing",
+    help="missing: gaps without a recent run; failed: also gaps whose last run failed "
+    "within the cooldown; all: ignore the cooldown.",
+)
+@json_option
+@connection_options
+def start(
+    days: int,
+    dry_run: bool,
+    reprocess: str,
+    as_json: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Scan for gap matches and seed one backfill run per match."""
+    settings = open_settings(database_url, redis_url, verbose, log_format)
+
+    report = with_app(
+        settings,
+        verbose,
+        lambda retro: retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess),
+        redis=False,
+    )
+    emit(as_json, report, start_json, render_start)
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Re-arm every failed run.",
+)
+@connection_options
+def retry(
+    run_ids: tuple[str, ...],
+    failed: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Re-arm failed runs (RunRearmed): they start again from pending."""
+    if bool(run_ids) == failed:
+        raise click.UsageError("give run ids or --failed (one of them, not both)")
+    settings = open_settings(database_url, redis_url, verbose, log_format)
+
+    rearmed = with_app(
+        settings,
+        verbose,
+        lambda retro: retro.retry(list(run_ids), failed=failed, now=utcnow()),
+        redis=False,
+    )
+    out.print(
+        f"Re-armed {plural(len(rearmed), 'run')}"
+        + (": " + ", ".join(r.id for r in rearmed) if rearmed else ".")
+    )
+
+
+@click.command()
+@json_option
+@connection_options
+def verify(
+    as_json: bool,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Rebuild every run from its events; exit 1 if a stored projection drifted or a
+    run's history cannot be replayed (an illegal or unknown event)."""
+    settings = open_settings(database_url, redis_url, verbose, log_format)
+
+    audit = with_app(settings, verbose, lambda retro: retro.verify(), redis=False)
+    if as_json:
+        print_json(verify_json(audit))
+        raise SystemExit(EXIT_OK if audit.ok else EXIT_FAILURE)
+    for run_id, why in list(audit.illegal.items())[:20]:
+        err.print(f"retro: error: run {run_id} cannot be replayed: {why}", markup=False)
+    if audit.drifted:
+        err.print(
+            f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
+            "from their events: " + ", ".join(audit.drifted[:20]),
+            markup=False,
+        )
+    if not audit.ok:
+        raise SystemExit(EXIT_FAILURE)
+    out.print(
+        f"{plural(audit.runs, 'run')}, {plural(audit.events, 'event')}: every projection "
+        "equals the replay of its events."
+    )
 
 
 @click.command()
@@ -48,14 +166,9 @@ def history(
 
     Given a match id: every run of that match, newest first. Unknown id: exit 2.
     """
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> History:
-        async with App(settings, redis=False) as retro:
-            return await run_history(retro, ident, of=of)
-
-    found = execute(go(), verbose)
+    found = with_app(settings, verbose, lambda retro: run_history(retro, ident, of=of), redis=False)
     emit(as_json, found, history_json, render_history)
 
 
@@ -98,14 +211,13 @@ def cancel(
         raise click.UsageError("give run ids or --all (one of them, not both)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
-    settings = settings_from(database_url, redis_url, log_format=log_format)
-    setup_logging(verbose, settings.log_format)
+    settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    async def go() -> CancelReport:
-        async with App(settings) as retro:
-            return await cancel_runs(
-                retro, list(run_ids), every_live=every_live, now=utcnow(), reason=reason.strip()
-            )
-
-    report = execute(go(), verbose)
+    report = with_app(
+        settings,
+        verbose,
+        lambda retro: cancel_runs(
+            retro, list(run_ids), every_live=every_live, now=utcnow(), reason=reason.strip()
+        ),
+    )
     emit(as_json, report, cancel_json, render_cancel)

@@ -20,10 +20,11 @@ from retro.app import App
 from retro.config import ConfigError, Settings
 from retro.demo.seed import DemoSeed, seed_demo
 from retro.machine import Run, State
+from retro.pipeline import host
+from retro.pipeline.host_rows import LeaderboardRow
 from retro.pipeline.workers import run_workers
 from retro.scheduler import Daemon, utcnow
-from retro.store import db, gaps, host, migrate, runs
-from retro.store.host_rows import LeaderboardRow
+from retro.store import db, gaps, migrate, runs
 
 DEMO_NOW = datetime(2025, 5, 26, 12, 0, tzinfo=UTC)
 """The demo's present: the day after the last matchday of the five leagues."""

@@ -4,7 +4,7 @@ Every match that kicked off before ``now - outage_days`` went through the
 normal pipeline: analysed from the results before it (T-1 day), predicted by
 all 42 baseline models (T-30 min) and, when it has a final score, settled with
 the Kicktipp quota rule (T+2 h). The pure pipeline functions run in process
-and the rows go in through :mod:`retro.store.host` in bulk, so the whole season
+and the rows go in through :mod:`retro.pipeline.host` in bulk, so the whole season
 takes seconds on SQLite.
 
 Matches inside the outage window ``[now - outage_days, now]`` are left damaged,
@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from retro.demo.fixtures import Fixture, load_fixtures
+from retro.pipeline import host
 from retro.pipeline.analysis import analyze
-from retro.pipeline.models import MODELS
-from retro.pipeline.stages import analysis_from_row, analysis_row, kicktipp, new_predictions
-from retro.store import host
-from retro.store.host_rows import (
+from retro.pipeline.host_rows import (
     AnalysisRow,
     MatchRow,
     ModelRow,
@@ -36,7 +34,9 @@ from retro.store.host_rows import (
     Settlement,
     iso_utc,
 )
-from retro.store.host_settlement import settle_matches
+from retro.pipeline.host_settlement import settle_matches
+from retro.pipeline.models import MODELS
+from retro.pipeline.stages import analysis_from_row, analysis_row, kicktipp, new_predictions
 
 PREDICTED_BEFORE = timedelta(minutes=30)
 SETTLED_AFTER = timedelta(hours=2)

@@ -8,9 +8,10 @@ import signal
 
 from retro.config import EMBEDDED_REDIS, Settings, mask_url
 from retro.embedded import EmbeddedRedis
+from retro.pipeline import host
 from retro.pipeline.workers import run_workers
 from retro.queue import JobOptions, Queues, queue_names
-from retro.store import db, host
+from retro.store import db
 
 log = logging.getLogger("retro.workers")
 

@@ -12,11 +12,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from retro.pipeline import host
 from retro.pipeline.analysis import PRIOR_GOALS, Analysis, analyze
-from retro.pipeline.models import model_for, predict
-from retro.pipeline.scoring import settle, tendency
-from retro.store import host
-from retro.store.host_rows import (
+from retro.pipeline.host_rows import (
     SETTLED_STATUSES,
     AnalysisRow,
     HostError,
@@ -26,7 +24,9 @@ from retro.store.host_rows import (
     Settlement,
     iso_utc,
 )
-from retro.store.host_settlement import settle_match
+from retro.pipeline.host_settlement import settle_match
+from retro.pipeline.models import model_for, predict
+from retro.pipeline.scoring import settle, tendency
 
 
 class StageError(RuntimeError):
@@ -104,7 +104,7 @@ def new_predictions(
 
 
 def kicktipp(tips: Sequence[tuple[int, int]], result: tuple[int, int]) -> ScoreSheet:
-    """The Kicktipp quota rule as a :data:`retro.store.host_rows.ScoringRule`."""
+    """The Kicktipp quota rule as a :data:`retro.pipeline.host_rows.ScoringRule`."""
     quotas, points = settle(tips, result)
     return ScoreSheet(
         quotas=(quotas.home, quotas.draw, quotas.away),

@@ -23,19 +23,25 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from retro.events import Phase
+from retro.pipeline import host
 from retro.pipeline.faults import DB_RETRY_SECONDS, InjectedFailure, should_fail, with_db_retry
+from retro.pipeline.host_rows import JobLogEntry
 from retro.pipeline.stages import StageError, run_analysis, run_predictions, run_settlement
 from retro.queue import consume
-from retro.store import host
+from retro.stages import JOB_NAMES, QUEUE_NAMES
 from retro.store.db import create_engine
-from retro.store.host_rows import JobLogEntry
 
 log = logging.getLogger(__name__)
 
-ANALYZE_JOB = "analyze-match"
-PREDICT_JOB = "predict-match"
-SETTLE_JOB = "settle-match"
-QUEUES = ("analysis-queue", "predictions-queue", "settlement-queue")
+ANALYZE_JOB = JOB_NAMES[Phase.ANALYSIS]
+PREDICT_JOB = JOB_NAMES[Phase.PREDICTIONS]
+SETTLE_JOB = JOB_NAMES[Phase.SETTLEMENT]
+QUEUES: tuple[str, str, str] = (
+    QUEUE_NAMES[Phase.ANALYSIS],
+    QUEUE_NAMES[Phase.PREDICTIONS],
+    QUEUE_NAMES[Phase.SETTLEMENT],
+)
 
 
 class PayloadError(StageError):

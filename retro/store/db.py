@@ -16,10 +16,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from retro.config import mask
+from retro.errors import UsageError
 from retro.store.schema import HOST_TABLES, RETRO_TABLES
 
 
-class StoreError(RuntimeError):
+class StoreError(UsageError, RuntimeError):
     """The database is unusable (unreachable, missing tables); message is masked."""
 
 

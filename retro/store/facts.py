@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from retro.stages import STAGES
 from retro.store.gaps import (
     expected_models_query,
     found_predictions,
@@ -37,11 +40,25 @@ class MatchFacts:
     unscored: int
 
 
+def unscored_predictions() -> ColumnElement[int]:
+    """Scalar subquery: the ``pending`` (unscored) predictions of the ``matches`` row."""
+    return select(func.count()).where(pending_prediction()).scalar_subquery()
+
+
+DONE_SQL: Mapping[str, Callable[[], ColumnElement[Any]]] = {
+    "has_analysis": has_analysis,
+    "found": found_predictions,
+    "unscored": unscored_predictions,
+}
+"""The SQL behind each stage's "done" fact (:attr:`retro.stages.Stage.done`), by the
+:class:`MatchFacts` field it fills: an analysis with a favourite, expected models
+with a prediction, predictions still unscored."""
+
+
 async def match_facts(
     conn: AsyncConnection, match_id: str, *, expected_override: int | None = None
 ) -> MatchFacts | None:
     """The facts of ``match_id``, or ``None`` if the match no longer exists (one query)."""
-    unscored = select(func.count()).where(pending_prediction()).scalar_subquery()
     row = (
         (
             await conn.execute(
@@ -52,9 +69,7 @@ async def match_facts(
                     matches.c.status,
                     matches.c.home_score,
                     matches.c.away_score,
-                    has_analysis().label("has_analysis"),
-                    found_predictions().label("found"),
-                    unscored.label("unscored"),
+                    *(DONE_SQL[stage.done]().label(stage.done) for stage in STAGES.values()),
                     expected_models_query().scalar_subquery().label("expected"),
                 ).where(matches.c.id == match_id)
             )

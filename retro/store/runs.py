@@ -11,7 +11,7 @@ match as :class:`LiveRunExists`; any other refusal as :class:`AppendRejected`
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,15 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.events import Event, RunRearmed, RunSeeded, UnknownEvent, from_record, to_record
+from retro.events import (
+    HANDOFF_TYPES,
+    Event,
+    RunRearmed,
+    RunSeeded,
+    UnknownEvent,
+    from_record,
+    to_record,
+)
 from retro.machine import (
     IN_FLIGHT,
     TERMINAL,
@@ -450,16 +458,6 @@ async def audit(conn: AsyncConnection) -> Audit:
 
 # --- read helpers for the operator commands (status, history, cancel) ---------------
 
-HANDOFF_TYPES: tuple[str, ...] = (
-    "AnalysisCompleted",
-    "AnalysisSkipped",
-    "PredictionsCompleted",
-    "SettlementCompleted",
-    "SettlementSkipped",
-)
-"""Events that end a phase: a hand-off to the next stage. Every run that ends
-``done`` has exactly three (one per phase)."""
-
 
 @dataclass(frozen=True)
 class EventRow:
@@ -520,18 +518,18 @@ async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
     return Handoffs(count=int(count or 0), oldest_event_at=oldest)
 
 
-async def phases_left(conn: AsyncConnection) -> int:
-    """Hand-offs still to come for the live runs: 3 for a pending or analyzing run,
-    2 for a predicting one, 1 for a settling one (0 once its settlement finished)."""
+async def phases_left(conn: AsyncConnection, per_state: Mapping[str, int]) -> int:
+    """Hand-offs still to come for the live runs: ``per_state[state]`` for each live
+    run (3 for a pending or analyzing run, 2 for a predicting one, 1 for a settling
+    one: :data:`retro.progress.HANDOFFS_LEFT`), 0 once its settlement finished."""
     rows = await conn.execute(
         select(backfill_runs.c.state, backfill_runs.c.step, func.count())
         .where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
         .group_by(backfill_runs.c.state, backfill_runs.c.step)
     )
-    left = {"pending": 3, "analyzing": 3, "predicting": 2, "settling": 1}
     total = 0
     for state, step, n in rows:
-        per_run = left.get(state, 0)
+        per_run = per_state.get(state, 0)
         if state == "settling" and step == str(Step.FINISHED):
             per_run = 0
         total += per_run * int(n)

@@ -29,11 +29,12 @@ from retro.app import App
 from retro.config import Settings
 from retro.events import Phase
 from retro.machine import REASON_LIMIT, State
+from retro.pipeline import host
 from retro.pipeline.stages import StageError
 from retro.pipeline.workers import ReferenceWorkers, run_workers
 from retro.queue import consume
 from retro.scheduler import Daemon
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_events, match_analysis, matches, models, predictions
 from tests.e2e.clirunner import Result, one_error_line, run_retro

@@ -21,7 +21,7 @@ import pytest
 
 from retro.app import App
 from retro.config import Settings
-from retro.events import Phase, RunCancelled
+from retro.events import HANDOFF_TYPES, Phase, RunCancelled
 from retro.machine import TERMINAL, State
 from retro.ops import cancel
 from retro.pipeline.workers import run_workers
@@ -29,7 +29,6 @@ from retro.queue import consume
 from retro.report import cancel_json
 from retro.scheduler import Daemon
 from retro.store import runs
-from retro.store.runs import HANDOFF_TYPES
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, clean_env, invoke_retro, one_error_line
 from tests.e2e.hostdata import seed_host, upgrade_retro

@@ -22,7 +22,8 @@ def make_host_db(path: Path) -> str:
     code = (
         "import asyncio\n"
         "from retro.store.db import create_engine\n"
-        "from retro.store import host, migrate\n"
+        "from retro.pipeline import host\n"
+        "from retro.store import migrate\n"
         "async def main():\n"
         f"    e = create_engine({url!r})\n"
         "    await host.create_host_tables(e)\n"

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 
 from retro.config import Settings
 from retro.events import JobFailed, PhaseTimedOut, PredictionsShort, Requested, RunFailed
-from retro.store import host, runs
+from retro.pipeline import host
+from retro.store import runs
 from retro.store.db import create_engine
 from tests.conftest import Backend
 from tests.e2e.clirunner import clean_env

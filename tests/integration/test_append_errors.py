@@ -23,9 +23,10 @@ from retro.config import Settings
 from retro.events import AnalysisRequested, Event, RunFailed, RunSeeded
 from retro.logs import fields_of
 from retro.machine import Run, State
-from retro.store import host, migrate, runs
+from retro.pipeline import host
+from retro.pipeline.host_rows import MatchRow, ModelRow, iso_utc
+from retro.store import migrate, runs
 from retro.store.db import create_engine
-from retro.store.host_rows import MatchRow, ModelRow, iso_utc
 from tests.conftest import Backend
 
 REFUSAL = "frozen by the test"

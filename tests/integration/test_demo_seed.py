@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from retro.demo import load_fixtures, seed_demo
+from retro.pipeline import host
 from retro.pipeline.analysis import analyze
+from retro.pipeline.host_rows import PlayedMatch
 from retro.pipeline.models import MODELS
 from retro.pipeline.stages import analysis_row, run_analysis, run_predictions, run_settlement
-from retro.store import host
 from retro.store.db import create_engine
-from retro.store.host_rows import PlayedMatch
 from tests.conftest import Backend
 
 NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)

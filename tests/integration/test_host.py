@@ -7,10 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retro.pipeline.stages import kicktipp
-from retro.store import host
-from retro.store.db import create_engine
-from retro.store.host_rows import (
+from retro.pipeline import host
+from retro.pipeline.host_rows import (
     AnalysisRow,
     JobLogEntry,
     MatchNotFound,
@@ -22,7 +20,9 @@ from retro.store.host_rows import (
     iso_utc,
     parse_instant,
 )
-from retro.store.host_settlement import settle_match
+from retro.pipeline.host_settlement import settle_match
+from retro.pipeline.stages import kicktipp
+from retro.store.db import create_engine
 from tests.conftest import Backend
 
 NOW = datetime(2025, 5, 26, 12, tzinfo=UTC)

@@ -37,7 +37,7 @@ async def test_metrics_server_counts_runs_and_checks_health(backend: Backend) ->
     server = MetricsServer("127.0.0.1", 0)  # port 0: any free port (the CLI treats 0 as off)
     try:
         async with App(settings) as app:
-            server.serve(app)
+            server.serve(app.probes())
             base = f"http://127.0.0.1:{server.port}"
             status, body = await asyncio.to_thread(get, f"{base}/healthz")
             assert status == 503, body  # no tick yet

@@ -31,12 +31,13 @@ from retro.events import (
     RunRearmed,
 )
 from retro.machine import REASON_LIMIT, Run, State
+from retro.pipeline import host
 from retro.pipeline.faults import INJECTED
 from retro.pipeline.stages import analysis_from_row, new_predictions
 from retro.pipeline.workers import ReferenceWorkers, run_workers
 from retro.queue import consume
 from retro.scheduler import Daemon
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
 from retro.store.schema import backfill_events, match_analysis, matches, models, predictions
 from tests.conftest import Backend

@@ -37,13 +37,14 @@ from retro.events import (
     RunFailed,
 )
 from retro.machine import JobView, Run
+from retro.pipeline import host
+from retro.pipeline.host_rows import AnalysisRow, MatchRow, ModelRow, NewPrediction, iso_utc
 from retro.pipeline.workers import run_workers
 from retro.queue import consume
 from retro.scheduler import Daemon
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
 from retro.store.facts import match_facts
-from retro.store.host_rows import AnalysisRow, MatchRow, ModelRow, NewPrediction, iso_utc
 from retro.store.schema import matches
 from tests.conftest import Backend, eventually
 from tests.healing import DEMO_NOW, assert_healed

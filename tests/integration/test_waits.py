@@ -23,11 +23,12 @@ from retro.config import Settings
 from retro.events import Event, JobFailed, JobReenqueued, Phase, PhaseTimedOut, RunFailed
 from retro.machine import Run
 from retro.metrics import Health, WorkersByQueue, sync_engine
+from retro.pipeline import host
+from retro.pipeline.host_rows import MatchRow, ModelRow, iso_utc
 from retro.pipeline.workers import run_workers
 from retro.report import status_json
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
-from retro.store.host_rows import MatchRow, ModelRow, iso_utc
 from tests.conftest import Backend, eventually
 
 MODELS = 2

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from retro.pipeline import host
+from retro.pipeline.host_rows import MatchRow, ModelRow, iso_utc
 from retro.pipeline.models import MODELS
 from retro.pipeline.stages import StageError
 from retro.pipeline.workers import ReferenceWorkers
-from retro.store import host
 from retro.store.db import create_engine
-from retro.store.host_rows import MatchRow, ModelRow, iso_utc
 from tests.conftest import Backend
 
 KICKOFF = datetime(2025, 5, 20, 19, 0, tzinfo=UTC)

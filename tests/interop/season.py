@@ -14,9 +14,9 @@ from itertools import pairwise
 
 from sqlalchemy import select
 
+from retro.pipeline.host import pipeline_metadata
 from retro.store import migrate
 from retro.store.db import create_engine
-from retro.store.host import pipeline_metadata
 from retro.store.schema import host_metadata, match_analysis, matches, models, predictions
 from tests.e2e.hostdata import engine_for
 

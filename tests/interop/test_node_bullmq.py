@@ -43,11 +43,12 @@ from retro.events import (
     SettlementRequested,
     SettlementSkipped,
 )
+from retro.pipeline import host
+from retro.pipeline.host_rows import JobLogEntry
 from retro.pipeline.scoring import settle
 from retro.queue import JOB_ID_FORMATS
-from retro.store import host, runs
+from retro.store import runs
 from retro.store.db import create_engine
-from retro.store.host_rows import JobLogEntry
 from retro.store.schema import backfill_runs, match_analysis, matches, predictions
 from tests.conftest import Backend
 from tests.e2e.clirunner import Result, run_retro

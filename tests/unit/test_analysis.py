@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from retro.pipeline.analysis import analyze, percentages, team_record
+from retro.pipeline.host_rows import AnalysisRow, PlayedMatch
 from retro.pipeline.stages import analysis_from_row, analysis_row
-from retro.store.host_rows import AnalysisRow, PlayedMatch
 
 T0 = datetime(2025, 1, 1, 15, tzinfo=UTC)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from retro.pipeline.analysis import Analysis, analyze
+from retro.pipeline.host_rows import PlayedMatch
 from retro.pipeline.models import MODELS, PROVIDER, model_for, predict
-from retro.store.host_rows import PlayedMatch
 
 KICKOFF = datetime(2025, 3, 1, 15, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ settlement touches ``pending`` predictions only.
 reference workers' journal: one row per job execution, so tests can prove that
 no enqueue ``(job_id, job_timestamp)`` ran twice.
 
-The row types, errors and instant helpers live in :mod:`retro.store.host_rows`
-(no SQLAlchemy there), settlement in :mod:`retro.store.host_settlement`, the
+The row types, errors and instant helpers live in :mod:`retro.pipeline.host_rows`
+(no SQLAlchemy there), settlement in :mod:`retro.pipeline.host_settlement`, the
 other queries here.
 """
 
@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retro.store.host_rows import (
+from retro.pipeline.host_rows import (
     SETTLED_STATUSES,
     AnalysisRow,
     JobLogEntry,

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from retro.store.host import select_in
-from retro.store.host_rows import (
+from retro.pipeline.host import select_in
+from retro.pipeline.host_rows import (
     MatchNotFound,
     ResultConflict,
     ScoringRule,

@@ -1,4 +1,4 @@
-"""Row types and instants for the host tables (:mod:`retro.store.host`).
+"""Row types and instants for the host tables (:mod:`retro.pipeline.host`).
 
 Plain frozen dataclasses, so code outside :mod:`retro.store` can build and read
 host rows without SQLAlchemy. Instants are timezone-aware UTC
