@@ -146,9 +146,15 @@ WORKERS = ("instant", "reference")
 
 @contextlib.contextmanager
 def workers(
-    be: Backend, redis_url: str, *, concurrency: int = 1, kind: str = "reference"
+    be: Backend,
+    redis_url: str,
+    *,
+    concurrency: int = 1,
+    kind: str = "reference",
+    options: Sequence[str] = (),
 ) -> Iterator[None]:
-    """Stage workers in a subprocess on ``redis_url``: ``kind`` is one of :data:`WORKERS`."""
+    """Stage workers in a subprocess on ``redis_url``: ``kind`` is one of :data:`WORKERS`;
+    ``options`` are passed on to bench/instant_workers.py (``instant`` only)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRO_")}
     env.update(
         RETRO_DATABASE_URL=be.database_url, RETRO_REDIS_URL=redis_url, RETRO_QUEUE_PREFIX=PREFIX
@@ -163,7 +169,10 @@ def workers(
             PREFIX,
             "--concurrency",
             str(concurrency),
+            *options,
         ]
+    elif options:
+        raise ValueError(f"workers {kind!r} take no options")
     elif kind == "reference":
         command = [sys.executable, "-m", "retro", "workers", "--concurrency", str(concurrency)]
     else:

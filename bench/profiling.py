@@ -70,7 +70,7 @@ def profiled(path: Path | None) -> Iterator[Breakdown]:
 def _walk(frame: Any, out: Breakdown, *, inside_tick: bool) -> None:
     """Sum the time of the outermost frame of each part under ``App.tick``."""
     name = frame.function
-    if not inside_tick and name == "tick" and frame.file_path and "retro/app.py" in frame.file_path:
+    if not inside_tick and name == "tick" and frame.file_path and "retro/" in frame.file_path:
         out.tick += frame.time
         inside_tick = True
     elif inside_tick and name in PARTS:
