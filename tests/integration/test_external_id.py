@@ -20,10 +20,11 @@ from retro.app import App
 from retro.config import Settings
 from retro.events import Phase
 from retro.machine import NO_EXTERNAL_ID, State
+from retro.pipeline import host
+from retro.pipeline.host_rows import AnalysisRow, MatchRow, ModelRow, iso_utc
 from retro.pipeline.workers import run_workers
-from retro.store import host, migrate, runs
+from retro.store import migrate, runs
 from retro.store.db import create_engine
-from retro.store.host_rows import AnalysisRow, MatchRow, ModelRow, iso_utc
 from tests.conftest import Backend, eventually
 
 MATCH = "M1"
