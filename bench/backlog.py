@@ -47,6 +47,7 @@ from sqlalchemy import insert, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chaos import DEFAULT_POSTGRES, fresh_database, private_redis
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.events import RunSeeded, to_record
@@ -151,7 +152,14 @@ async def time_ticks(settings: list[Settings], ticks: int) -> list[TickFigures]:
                 if round_ >= 5:
                     elapsed[i].append((time.perf_counter() - t0) * 1000)
                     looked[i] += report.looked_at
-        counts = [(await app.status()).counts for app in apps]
+        counts = [
+            (
+                await commands.status(
+                    app,
+                )
+            ).counts
+            for app in apps
+        ]
     figures = []
     for s, times, seen, count in zip(settings, elapsed, looked, counts, strict=True):
         times.sort()

@@ -76,6 +76,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.demo.seed import seed_demo
@@ -456,7 +457,9 @@ class Harness:
             await conn.exec_driver_sql(SCORING_LOG)
         settings = Settings(database_url=c.database_url, redis_url=c.redis_url, queue_prefix=PREFIX)
         async with App(settings, redis=False) as app:
-            started = await app.start(days=c.outage_days, now=datetime.now(UTC), until=DEMO_NOW)
+            started = await commands.start(
+                app, days=c.outage_days, now=datetime.now(UTC), until=DEMO_NOW
+            )
         self.report.gaps = seeded.gaps
         self.report.runs = len(started.seeded)
         self.say(

@@ -20,7 +20,7 @@ a fresh PostgreSQL database + a private redis-server), from scratch:
 4. floor: heal the next ``--floor-matches`` gap matches with bench/floor.py's minimal
    loop (QueueEvents ``completed`` -> one SELECT and one INSERT, committed ->
    ``Queue.add``), one match at a time, like retro at ``max_in_flight`` 1;
-5. retro: seed runs for the remaining gaps (``App.start``) and run the daemon in
+5. retro: seed runs for the remaining gaps (``commands.start``) and run the daemon in
    process, ``Daemon(app).run(until_idle=True, scan=False)``, ``max_in_flight`` 1,
    default tick interval (2 s: the safety net; hand-offs are driven by BullMQ
    QueueEvents).
@@ -52,6 +52,7 @@ from bench import floor, harness, profiling
 from bench.baseline_seed import baseline
 from bench.chaos import DEMO_NOW
 from bench.profiling import Breakdown, profiled
+from retro import commands
 from retro.scheduler import Daemon
 
 OUTAGE_DAYS = 40
@@ -99,7 +100,9 @@ async def measure(
                 handled = await floor.floor(be.database_url, app.redis_url, app.queues, minimal)
                 lowest = await harness.handoffs(app.queues, handled, floor.JOB_IDS)
 
-                seeded = await app.start(days=OUTAGE_DAYS, now=datetime.now(UTC), until=DEMO_NOW)
+                seeded = await commands.start(
+                    app, days=OUTAGE_DAYS, now=datetime.now(UTC), until=DEMO_NOW
+                )
                 healed = [g.match_id for g in seeded.scan.gaps]
                 print(f"[{name}] retro daemon on {len(healed)} gap matches ...", flush=True)
                 with profiled(profile) as breakdown:

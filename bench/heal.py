@@ -11,7 +11,7 @@ fresh PostgreSQL database + a private redis-server), for each side from scratch:
   ``--workers instant`` (default; bench/instant_workers.py: one SQL statement a job,
   no computation, the issue's "instant workers") or ``--workers reference``
   (``retro workers``: the real stage work, 7 to 27 ms a job);
-* retro: ``App.start`` seeds one run per gap match, then
+* retro: ``commands.start`` seeds one run per gap match, then
   ``Daemon(app).run(until_idle=True, scan=False)`` heals them all; rate =
   matches / wall time of the daemon run;
 * baseline: ``bench/baseline_seed.py``'s loop on the first ``--baseline-matches``
@@ -44,6 +44,7 @@ from bench import harness, profiling
 from bench.baseline_seed import POLL_SECONDS, BaselineReport, baseline
 from bench.chaos import DEMO_NOW
 from bench.profiling import Breakdown, profiled
+from retro import commands
 from retro.machine import State
 from retro.scheduler import Daemon
 from retro.store import runs
@@ -83,7 +84,9 @@ async def heal(
         await harness.seed(be, outage_days=outage_days, competitions=None)
         async with harness.app(be, max_in_flight=max_in_flight) as app:
             assert app.queues is not None
-            seeded = await app.start(days=outage_days, now=datetime.now(UTC), until=DEMO_NOW)
+            seeded = await commands.start(
+                app, days=outage_days, now=datetime.now(UTC), until=DEMO_NOW
+            )
             with harness.workers(be, app.redis_url, concurrency=max_in_flight, kind=kind):
                 await harness.wait_for_workers(app.queues)
                 print(

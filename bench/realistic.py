@@ -8,7 +8,7 @@ fresh PostgreSQL database + a private redis-server), two sides run side by side,
 on its own fresh copy of the same data with its own worker subprocess of the same
 behaviour:
 
-* **retro**: ``App.start`` seeds one run per gap match, then the in-process daemon
+* **retro**: ``commands.start`` seeds one run per gap match, then the in-process daemon
   heals them (``Daemon(app).run(until_idle=True, scan=False)``), ``max_in_flight`` 1
   and every other setting at its default (``retry_backoff`` 5 s, ``max_attempts`` 3);
 * **original**: ``bench/baseline_seed.py``'s loop on the same gap matches, in a process
@@ -69,6 +69,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bench import harness
 from bench.baseline_seed import BaselineReport, baseline
 from bench.chaos import DEMO_NOW
+from retro import commands
 from retro.events import JobReenqueued, Requested, RetryScheduled, RunFailed, RunSeeded
 from retro.machine import SETTLED_STATUSES, Policy
 from retro.pipeline.models import MODELS
@@ -335,8 +336,8 @@ async def heal_with_retro(name: str, args: argparse.Namespace) -> RetroSide:
         scenario = await prepare(args, be)
         async with harness.app(be, max_in_flight=1) as app:
             assert app.queues is not None
-            seeded = await app.start(
-                days=scenario.outage_days, now=datetime.now(UTC), until=DEMO_NOW
+            seeded = await commands.start(
+                app, days=scenario.outage_days, now=datetime.now(UTC), until=DEMO_NOW
             )
             journal = be.folder / "retro-jobs.jsonl"
             with harness.workers(

@@ -12,10 +12,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from retro.app import SeedReport, StatusReport
+from retro.commands import CancelReport, History, SeedReport, StatusReport
 from retro.config import mask
 from retro.machine import State, Waiting
-from retro.ops import CancelReport, History
 from retro.progress import Progress
 from retro.store.runs import Audit, EventRow
 from retro.text import json_safe

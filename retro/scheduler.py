@@ -28,7 +28,7 @@ from typing import IO
 
 from sqlalchemy.engine import make_url
 
-from retro import jobids
+from retro import commands, jobids
 from retro.app import App
 from retro.config import error_line
 from retro.errors import UsageError
@@ -157,7 +157,7 @@ class Daemon:
 
     async def scan(self) -> None:
         """Seed runs for new gaps (the periodic ``scan`` job)."""
-        report = await self.app.start(days=self.scan_days, now=self.clock())
+        report = await commands.start(self.app, days=self.scan_days, now=self.clock())
         if report.seeded:
             log.info("scan seeded %d run(s)", len(report.seeded))
             self.wake()

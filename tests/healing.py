@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.demo.seed import seed_demo
@@ -43,7 +44,7 @@ async def seed_runs(
     gaps = await seed_outage(database_url, competitions)
     settings = Settings(database_url=database_url, redis_url=redis_url, queue_prefix=prefix)
     async with App(settings, redis=False) as app:
-        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        report = await commands.start(app, days=14, now=datetime.now(UTC), until=DEMO_NOW)
     assert len(report.seeded) == gaps
     return report.seeded
 

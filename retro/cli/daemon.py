@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from retro import commands
 from retro.app import App
 from retro.cli.common import (
     connection_options,
@@ -112,7 +113,9 @@ def run(
                     described["redis"],
                 )
                 await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                counts = await retro.counts()
+                counts = await commands.counts(
+                    retro,
+                )
                 logger.info(
                     "daemon stopped: runs %s",
                     ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from retro.app import REPROCESS
+from retro import commands
 from retro.cli.common import (
     connection_options,
     emit,
@@ -22,10 +22,10 @@ from retro.cli.render import (
     render_history,
     render_start,
 )
+from retro.commands import CANCEL_REASON, REPROCESS
+from retro.commands import cancel as cancel_runs
+from retro.commands import history as run_history
 from retro.errors import EXIT_FAILURE, EXIT_OK
-from retro.ops import CANCEL_REASON
-from retro.ops import cancel as cancel_runs
-from retro.ops import history as run_history
 from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
 
@@ -67,7 +67,9 @@ def start(
     report = with_app(
         settings,
         verbose,
-        lambda retro: retro.start(days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess),
+        lambda retro: commands.start(
+            retro, days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess
+        ),
         redis=False,
     )
     emit(as_json, report, start_json, render_start)
@@ -97,7 +99,7 @@ def retry(
     rearmed = with_app(
         settings,
         verbose,
-        lambda retro: retro.retry(list(run_ids), failed=failed, now=utcnow()),
+        lambda retro: commands.retry(retro, list(run_ids), failed=failed, now=utcnow()),
         redis=False,
     )
     out.print(
@@ -120,7 +122,14 @@ def verify(
     run's history cannot be replayed (an illegal or unknown event)."""
     settings = open_settings(database_url, redis_url, verbose, log_format)
 
-    audit = with_app(settings, verbose, lambda retro: retro.verify(), redis=False)
+    audit = with_app(
+        settings,
+        verbose,
+        lambda retro: commands.verify(
+            retro,
+        ),
+        redis=False,
+    )
     if as_json:
         print_json(verify_json(audit))
         raise SystemExit(EXIT_OK if audit.ok else EXIT_FAILURE)

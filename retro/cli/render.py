@@ -18,11 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 from rich.text import Text
 
-from retro.app import SeedReport, StatusReport
+from retro.commands import CancelReport, History, SeedReport, StatusReport
 from retro.config import mask
 from retro.demo.scenario import DemoReport
 from retro.machine import TERMINAL, State
-from retro.ops import CancelReport, History
 from retro.progress import describe_eta, short_eta
 from retro.text import escape
 

@@ -10,7 +10,8 @@ from functools import partial
 
 import click
 
-from retro.app import App, StatusReport, unreachable
+from retro import commands
+from retro.app import App, unreachable
 from retro.cli.common import (
     connection_options,
     emit,
@@ -24,6 +25,7 @@ from retro.cli.render import (
     out,
     render_status,
 )
+from retro.commands import StatusReport
 from retro.config import Settings
 from retro.errors import EXIT_FAILURE, EXIT_OK
 from retro.progress import DEFAULT_WINDOW
@@ -87,7 +89,7 @@ def status(
 
     async def read(retro: App) -> tuple[StatusReport, datetime]:
         now = utcnow()
-        return await retro.status(now=now, window=eta_window), now
+        return await commands.status(retro, now=now, window=eta_window), now
 
     report, now = with_app(settings, verbose, read, redis_optional=True)
     emit(
@@ -120,7 +122,7 @@ def watch_status(
                 while True:
                     now = utcnow()
                     try:
-                        report = await retro.status(now=now, window=window)
+                        report = await commands.status(retro, now=now, window=window)
                         view.update(report, now=now)
                         code = EXIT_FAILURE if report.redis_error else EXIT_OK
                     except Exception as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from retro import commands
 from retro.app import App
 from retro.config import ConfigError, Settings
 from retro.demo.seed import DemoSeed, seed_demo
@@ -119,7 +120,7 @@ async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoR
             )
         )
         try:
-            started = await app.start(days=OUTAGE_DAYS, now=utcnow(), until=DEMO_NOW)
+            started = await commands.start(app, days=OUTAGE_DAYS, now=utcnow(), until=DEMO_NOW)
             say(
                 f"Seeded {len(started.seeded)} runs (retro start --days {OUTAGE_DAYS}); "
                 "healing with the embedded Redis and the reference workers …"

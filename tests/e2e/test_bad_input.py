@@ -25,6 +25,7 @@ import pytest
 from bullmq import Job
 from sqlalchemy import Connection, insert, inspect, text, update
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.events import Phase
@@ -68,7 +69,7 @@ def seeded_database(folder: Path) -> tuple[str, list[str]]:
     async def seed() -> list[str]:
         async with App(Settings(database_url=url), redis=False) as app:
             await host.create_journal(app.engine)  # the reference workers' table
-            return (await app.start(days=14, now=datetime.now(UTC))).seeded
+            return (await commands.start(app, days=14, now=datetime.now(UTC))).seeded
 
     return url, asyncio.run(seed())
 
@@ -469,7 +470,7 @@ async def _heal_logged(url: str, redis_url: str, prefix: str, errors: list[str])
         require_external_id=False,  # the host's analysis here does not need it
     )
     async with App(settings) as app:
-        seeded = await app.start(days=14, now=now)
+        seeded = await commands.start(app, days=14, now=now)
         assert len(seeded.seeded) == len(ROWS), seeded
         async with app.engine.begin() as conn:
             for match_id, values in MID_RUN.items():

@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
+from retro import commands
 from retro.app import App
+from retro.commands import cancel
 from retro.config import Settings
 from retro.events import HANDOFF_TYPES, Phase, RunCancelled
 from retro.machine import TERMINAL, State
-from retro.ops import cancel
 from retro.pipeline.workers import run_workers
 from retro.queue import consume
 from retro.report import cancel_json
@@ -82,7 +83,11 @@ async def partial_heal(backend: Backend, *, done_at_least: int) -> None:
         daemon = Daemon(app)
         try:
             deadline = time.monotonic() + 60
-            while (await app.status()).counts.get("done", 0) < done_at_least:
+            while (
+                await commands.status(
+                    app,
+                )
+            ).counts.get("done", 0) < done_at_least:
                 assert time.monotonic() < deadline, "healing stalled"
                 await daemon.run_once()
                 await asyncio.sleep(0.05)
@@ -115,7 +120,11 @@ async def waiting_jobs(backend: Backend) -> list[tuple[str, Phase, str]]:
     async with App(settings_for(backend)) as app:
         assert app.queues is not None
         found = []
-        for item in (await app.status()).in_flight:
+        for item in (
+            await commands.status(
+                app,
+            )
+        ).in_flight:
             run = item.run
             if run.job_id and run.phase and item.job_state in ("waiting", "prioritized"):
                 found.append((run.id, run.phase, run.job_id))
@@ -369,7 +378,9 @@ async def matches_of(backend: Backend) -> dict[str, str]:
 async def reseed(backend: Backend) -> list[str]:
     """``start --reprocess all`` over the demo's outage window: a new run per gap match."""
     async with App(settings_for(backend), redis=False) as app:
-        report = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW, reprocess="all")
+        report = await commands.start(
+            app, days=14, now=datetime.now(UTC), until=DEMO_NOW, reprocess="all"
+        )
         return report.seeded
 
 
@@ -397,7 +408,11 @@ async def test_cancel_leaves_an_active_job_running_and_the_daemon_ignores_it(
         assert app.queues is not None
         daemon = Daemon(app)
         await daemon.run_once()
-        (item,) = (await app.status()).in_flight
+        (item,) = (
+            await commands.status(
+                app,
+            )
+        ).in_flight
         run, phase, job_id = item.run, item.run.phase, item.run.job_id
         assert phase is not None and job_id is not None
         stop = asyncio.Event()
@@ -482,7 +497,11 @@ async def test_cancel_all_beside_a_running_daemon(tmp_path: Path, backend: Backe
         )
         try:
             deadline = time.monotonic() + 30
-            while (await app.status()).counts.get("done", 0) < 1:
+            while (
+                await commands.status(
+                    app,
+                )
+            ).counts.get("done", 0) < 1:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             # a second App, as a separate `retro cancel` process would have

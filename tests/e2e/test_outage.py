@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import text
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.pipeline.workers import run_workers
@@ -203,13 +204,15 @@ async def test_redis_that_denies_client_list_still_heals(
     workers = asyncio.create_task(run_workers(url, redis_server.url, stop=stop))
     try:
         async with App(settings) as app:
-            await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+            await commands.start(app, days=14, now=datetime.now(UTC), until=DEMO_NOW)
             for _ in range(400):
                 await app.tick(now=datetime.now(UTC))
                 if await app.idle():
                     break
                 await asyncio.sleep(0.05)
-            report = await app.status()
+            report = await commands.status(
+                app,
+            )
             assert set(report.workers.values()) == {None}
     finally:
         stop.set()

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from retro.app import App, job_payload
+from retro.commands import Refused, cancel
 from retro.config import Settings
 from retro.machine import State
-from retro.ops import Refused, cancel
 from retro.store import runs
 from retro.store.facts import match_facts
 from tests.conftest import Backend

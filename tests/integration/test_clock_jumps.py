@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.events import Requested
@@ -66,7 +67,7 @@ async def test_clock_jumps_while_running_and_across_a_restart_charge_nothing(
         # jobs in all: three stages of two matches).
         clock = WallClock()
         async with App(settings) as app:
-            seeded = (await app.start(days=14, now=clock())).seeded
+            seeded = (await commands.start(app, days=14, now=clock())).seeded
             assert len(seeded) == len(MATCHES)
             daemon = Daemon(app, clock=clock)
             running = asyncio.create_task(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
+from retro import commands
 from retro.app import App
 from retro.config import load_settings
 from retro.events import Phase, Requested
@@ -37,7 +38,7 @@ async def test_a_heal_uses_the_configured_job_ids_and_queues(
     gaps = await seed_outage(backend.database_url, ["fr.1"])
     assert gaps > 3
     async with App(settings) as app:
-        seeded = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        seeded = await commands.start(app, days=14, now=datetime.now(UTC), until=DEMO_NOW)
         assert len(seeded.seeded) == gaps
         await heal_until_idle(
             app,

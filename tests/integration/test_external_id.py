@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from bullmq import Job
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.events import Phase
@@ -89,7 +90,7 @@ async def test_no_external_id_fails_the_run_at_once_with_no_job_sent(
 ) -> None:
     await make_host(backend, external_id=external_id, analysis=False)
     async with App(settings_for(backend)) as app:
-        report = await app.start(days=14, now=datetime.now(UTC))
+        report = await commands.start(app, days=14, now=datetime.now(UTC))
         assert report.cannot_heal == {MATCH: NO_EXTERNAL_ID}
         [run_id] = report.seeded  # seeded all the same: its failure is on record
         async with workers(backend):
@@ -112,7 +113,7 @@ async def test_no_external_id_fails_the_run_at_once_with_no_job_sent(
 async def test_with_the_rule_off_the_job_is_sent_and_the_run_heals(backend: Backend) -> None:
     await make_host(backend, external_id=None, analysis=False)
     async with App(settings_for(backend, require_external_id=False)) as app:
-        report = await app.start(days=14, now=datetime.now(UTC))
+        report = await commands.start(app, days=14, now=datetime.now(UTC))
         assert report.cannot_heal == {}
         [run_id] = report.seeded
         await app.tick(now=datetime.now(UTC))
@@ -136,7 +137,7 @@ async def test_analysis_present_heals_without_an_external_id(backend: Backend) -
     """Predictions and settlement do not need it: the rule holds only analysis back."""
     await make_host(backend, external_id=None, analysis=True)
     async with App(settings_for(backend)) as app:
-        report = await app.start(days=14, now=datetime.now(UTC))
+        report = await commands.start(app, days=14, now=datetime.now(UTC))
         assert report.cannot_heal == {}
         [run_id] = report.seeded
 

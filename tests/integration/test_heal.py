@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import event, func, select
 
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.scheduler import Daemon
@@ -36,9 +37,9 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
     settings = settings_for(backend, max_in_flight=max_in_flight, tick_interval=0.5)
     async with App(settings) as app:
         now = datetime.now(UTC)
-        first = await app.start(days=14, now=now, until=DEMO_NOW)
+        first = await commands.start(app, days=14, now=now, until=DEMO_NOW)
         assert len(first.seeded) == gaps
-        second = await app.start(days=14, now=now, until=DEMO_NOW)
+        second = await commands.start(app, days=14, now=now, until=DEMO_NOW)
         assert second.seeded == []
         assert second.scan.blocked == gaps  # each has a live run
 
@@ -64,7 +65,7 @@ async def test_daemon_heals_every_gap(backend: Backend, max_in_flight: int) -> N
         # request) go in one append: well over one event per INSERT on average.
         assert appends > 0, "the INSERT listener saw nothing"
         assert healing_events >= 2 * appends, (healing_events, appends)
-        after = await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        after = await commands.start(app, days=14, now=datetime.now(UTC), until=DEMO_NOW)
         assert after.seeded == [], "a healed match inside the cooldown was seeded again"
     counts = await assert_healed(backend.database_url)
     assert counts == {"done": gaps}
@@ -75,11 +76,13 @@ async def test_run_once_waits_without_workers_and_costs_no_attempt(backend: Back
     await seed(backend)
     settings = settings_for(backend, max_in_flight=2)
     async with App(settings) as app:
-        await app.start(days=14, now=datetime.now(UTC), until=DEMO_NOW)
+        await commands.start(app, days=14, now=datetime.now(UTC), until=DEMO_NOW)
         daemon = Daemon(app)
         for _ in range(5):
             await daemon.run_once()
-        report = await app.status()
+        report = await commands.status(
+            app,
+        )
         assert len(report.in_flight) == 2
         for item in report.in_flight:
             assert item.run.attempt == 1

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from retro.app import App, RetryRefused
+from retro import commands
+from retro.app import App
+from retro.commands import RetryRefused
 from retro.config import Settings
 from retro.events import (
     AnalysisRequested,
@@ -143,7 +145,7 @@ async def test_a_worker_that_always_fails_fails_each_run_once_then_rests(
     finally:
         await engine.dispose()
     async with App(settings_for(backend)) as app:
-        seeded = (await app.start(days=14, now=utcnow())).seeded
+        seeded = (await commands.start(app, days=14, now=utcnow())).seeded
         assert len(seeded) == len(expect.gaps)
         async with workers(app, fail_rate=1.0):
             await until_idle(app)
@@ -174,7 +176,7 @@ async def test_a_worker_that_always_fails_fails_each_run_once_then_rests(
 
         # Within the cooldown neither `start` nor the daemon's scan seeds them again.
         written = await event_count(app)
-        again = await app.start(days=14, now=utcnow())
+        again = await commands.start(app, days=14, now=utcnow())
         assert again.seeded == []
         assert again.scan.blocked == len(expect.gaps)
         await Daemon(app, scan_days=14).scan()
@@ -183,13 +185,13 @@ async def test_a_worker_that_always_fails_fails_each_run_once_then_rests(
 
         # retry RUN re-arms that run only; retry --failed re-arms the rest.
         first, *rest = sorted(failed)
-        rearmed = await app.retry([first], failed=False, now=utcnow())
+        rearmed = await commands.retry(app, [first], failed=False, now=utcnow())
         assert [r.id for r in rearmed] == [first]
         assert rearmed[0].state is State.PENDING and rearmed[0].last_error is None
         assert isinstance((await events_of(app, first))[-1], RunRearmed)
         states = {i: r.state for i, r in (await all_runs(app)).items()}
         assert states == {first: State.PENDING, **dict.fromkeys(rest, State.FAILED)}
-        rearmed = await app.retry([], failed=True, now=utcnow())
+        rearmed = await commands.retry(app, [], failed=True, now=utcnow())
         assert sorted(r.id for r in rearmed) == rest
         assert {r.state for r in (await all_runs(app)).values()} == {State.PENDING}
 
@@ -198,17 +200,21 @@ async def test_a_worker_that_always_fails_fails_each_run_once_then_rests(
             await until_idle(app)
         done = await all_runs(app)
         assert {r.state for r in done.values()} == {State.DONE}
-        assert (await app.verify()).drifted == []
+        assert (
+            await commands.verify(
+                app,
+            )
+        ).drifted == []
 
         # Retry of a done run (or an unknown one) is refused and writes nothing.
         written = await event_count(app)
         with pytest.raises(RetryRefused, match="not failed"):
-            await app.retry([first], failed=False, now=utcnow())
+            await commands.retry(app, [first], failed=False, now=utcnow())
         with pytest.raises(RetryRefused, match="no run"):
-            await app.retry(["no-such-run"], failed=False, now=utcnow())
+            await commands.retry(app, ["no-such-run"], failed=False, now=utcnow())
         assert await event_count(app) == written
         assert await all_runs(app) == done
-        assert await app.retry([], failed=True, now=utcnow()) == []
+        assert await commands.retry(app, [], failed=True, now=utcnow()) == []
 
 
 # --- models that change mid-run ---------------------------------------------------------
@@ -289,7 +295,7 @@ async def test_a_model_disabled_mid_run_lowers_the_expectation_and_the_run_compl
 ) -> None:
     await host_with_one_gap(backend.database_url)
     async with App(settings_for(backend)) as app:
-        (run_id,) = (await app.start(days=14, now=utcnow())).seeded
+        (run_id,) = (await commands.start(app, days=14, now=utcnow())).seeded
         # m3's API is down: the worker cannot predict for it, and the host's pipeline
         # auto-disables it while the predictions job runs.
         handlers = fixed_model_workers(
@@ -312,7 +318,7 @@ async def test_a_model_enabled_mid_run_that_nobody_predicts_fails_the_run_once(
 ) -> None:
     await host_with_one_gap(backend.database_url)
     async with App(settings_for(backend)) as app:
-        (run_id,) = (await app.start(days=14, now=utcnow())).seeded
+        (run_id,) = (await commands.start(app, days=14, now=utcnow())).seeded
         # m4 comes back while the predictions job runs; this worker does not know it.
         handlers = fixed_model_workers(
             app.engine, ("m1", "m2", "m3"), lambda: set_model(app.engine, "m4", active=True)
@@ -332,16 +338,16 @@ async def test_a_model_enabled_mid_run_that_nobody_predicts_fails_the_run_once(
 
         # Cooldown: neither start nor the scan seeds it again...
         written = await event_count(app)
-        assert (await app.start(days=14, now=utcnow())).seeded == []
+        assert (await commands.start(app, days=14, now=utcnow())).seeded == []
         await Daemon(app, scan_days=14).scan()
         assert await event_count(app) == written
         # ...until the operator asks for failed matches to be reprocessed.
-        (again,) = (await app.start(days=14, now=utcnow(), reprocess="failed")).seeded
+        (again,) = (await commands.start(app, days=14, now=utcnow(), reprocess="failed")).seeded
         assert again != run_id
         runs_now = await all_runs(app)
         assert runs_now[run_id] == run, "the failed run itself is left as it was"
         assert runs_now[again].state is State.PENDING
-        assert (await app.start(days=14, now=utcnow(), reprocess="failed")).seeded == []
+        assert (await commands.start(app, days=14, now=utcnow(), reprocess="failed")).seeded == []
 
 
 # --- a match deleted mid-run ------------------------------------------------------------
@@ -360,7 +366,7 @@ async def fail_by_deletion(backend: Backend, how_many: int) -> list[str]:
     finally:
         await engine.dispose()
     async with App(settings_for(backend)) as app:
-        await app.start(days=14, now=utcnow())
+        await commands.start(app, days=14, now=utcnow())
         daemon = Daemon(app)
         await daemon.run_once()
         live = {r.match_id: r for r in (await all_runs(app)).values()}
@@ -387,7 +393,7 @@ async def fail_by_deletion(backend: Backend, how_many: int) -> list[str]:
             job = await app.queues.job_view(events[-2].PHASE, live[match_id].job_id or "")
             assert job.state == "unknown", "the deleted match's waiting job must be removed"
             run_ids.append(run.id)
-        assert (await app.start(days=14, now=utcnow(), reprocess="all")).seeded == []
+        assert (await commands.start(app, days=14, now=utcnow(), reprocess="all")).seeded == []
         return run_ids
 
 

@@ -22,6 +22,7 @@ from bullmq import Worker
 from redis.asyncio import Redis
 from sqlalchemy import update
 
+from retro import commands
 from retro import tick as tick_module
 from retro.app import App, TickReport
 from retro.config import Settings
@@ -131,7 +132,7 @@ async def job_view(app: App, run: Run) -> JobView:
 
 
 async def seed_one(app: App) -> str:
-    seeded = (await app.start(days=14, now=now())).seeded
+    seeded = (await commands.start(app, days=14, now=now())).seeded
     assert len(seeded) == 1
     return seeded[0]
 
@@ -547,7 +548,7 @@ async def test_one_runs_exception_does_not_stop_the_others_in_a_tick(
     on with the other runs instead of stopping at the first exception."""
     await make_host(backend, match_ids=("M1", "M2"))
     async with App(settings_for(backend, max_in_flight=2)) as app:
-        seeded = (await app.start(days=14, now=now())).seeded
+        seeded = (await commands.start(app, days=14, now=now())).seeded
         assert len(seeded) == 2
 
         async def broken_for_m1(conn: Any, match_id: str, **kw: Any) -> Any:
@@ -629,7 +630,10 @@ async def test_two_daemons_on_one_postgres_heal_without_doubles(
         settings = settings_for(backend, max_in_flight=3, tick_interval=0.05)
         peak = 0
         async with App(settings) as a, App(settings) as b:
-            assert len((await a.start(days=14, now=now(), until=DEMO_NOW)).seeded) == seeded.gaps
+            assert (
+                len((await commands.start(a, days=14, now=now(), until=DEMO_NOW)).seeded)
+                == seeded.gaps
+            )
             appended = {"a": 0, "b": 0}
             for name, app in (("a", a), ("b", b)):
                 monkeypatch.setattr(app, "tick", _counting(app.tick, appended, name))

@@ -15,6 +15,7 @@ from bullmq import Worker
 from redis.asyncio import Redis
 from rich.console import Console
 
+from retro import commands
 from retro.app import App
 from retro.cli.render import status_parts
 from retro.machine import Step
@@ -44,7 +45,7 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
     sampling = asyncio.create_task(sampler.run(limit=120))
     try:
         async with App(settings) as app:
-            seeded = (await app.start(days=14, now=now())).seeded
+            seeded = (await commands.start(app, days=14, now=now())).seeded
             assert len(seeded) == 2
             await app.tick(now=now())
             states = {r: (await get_run(app, r)).state for r in seeded}
@@ -80,7 +81,7 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
             assert report.started == 1
 
             # status shows the back-off apart, with its last error and when it is due.
-            status = await app.status(now=failed_at)
+            status = await commands.status(app, now=failed_at)
             assert [item.run.id for item in status.holding] == [second]
             assert [item.run.id for item in status.backoff] == [first]
             document = status_json(status, now=failed_at)

@@ -17,7 +17,7 @@ import pytest
 from bullmq import FlowProducer
 from redis.asyncio import Redis
 
-from retro import ops
+from retro import commands
 from retro.app import App
 from retro.config import Settings
 from retro.events import Event, JobFailed, JobReenqueued, Phase, PhaseTimedOut, RunFailed
@@ -67,7 +67,7 @@ def now() -> datetime:
 
 
 async def seed_one(app: App) -> str:
-    (run_id,) = (await app.start(days=14, now=now())).seeded
+    (run_id,) = (await commands.start(app, days=14, now=now())).seeded
     return run_id
 
 
@@ -212,7 +212,7 @@ async def test_cancel_removes_an_orphaned_hash(backend: Backend) -> None:
         run_id = await seed_one(app)
         await app.tick(now=now())
         await orphan(app, backend)
-        report = await ops.cancel(app, [run_id], every_live=False, now=now())
+        report = await commands.cancel(app, [run_id], every_live=False, now=now())
         (cancelled,) = report.cancelled
         assert (cancelled.job_state, cancelled.job_removed) == ("unknown", True)
         redis = Redis.from_url(app.redis_url)
@@ -246,7 +246,7 @@ async def watch_the_wait(
     (tiny) budget the metric and ``/healthz`` show it; no attempt is charged; the
     reason is logged once, not per tick."""
     await app.tick(now=now())
-    document = status_json(await app.status(now=now()), now=now())
+    document = status_json(await commands.status(app, now=now()), now=now())
     (item,) = document["in_flight"]
     assert item["waiting"]["reason"] == reason, item
     assert item["waiting"]["queue"] == "analysis-queue"
@@ -257,7 +257,7 @@ async def watch_the_wait(
         "retro_oldest_waiting_job_seconds", {"queue": "analysis-queue"}
     )
     assert oldest is not None and oldest > 0.3
-    document = status_json(await app.status(now=now()), now=now())
+    document = status_json(await commands.status(app, now=now()), now=now())
     (item,) = document["in_flight"]
     assert (item["waiting"]["reason"], item["waiting"]["over_budget"]) == (reason, True)
     assert item["waiting"]["text"].startswith("waiting ")
@@ -384,7 +384,7 @@ async def test_an_active_job_whose_worker_died_shows_as_a_wait_not_healthy_silen
         await worker.close()  # the worker process is gone
         await eventually(lambda: _no_workers(app), timeout=10)
         await app.tick(now=now())
-        document = status_json(await app.status(now=now()), now=now())
+        document = status_json(await commands.status(app, now=now()), now=now())
         (item,) = document["in_flight"]
         assert item["job_state"] == "active"
         assert item["waiting"]["reason"] == "no-worker", item

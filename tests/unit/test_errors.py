@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from retro.app import RetryRefused
+from retro.commands import Refused, RetryRefused
 from retro.config import ConfigError
 from retro.errors import EXIT_USAGE, RetroError
-from retro.ops import Refused
 from retro.queue import RedisUnreachable
 from retro.scheduler import DaemonLocked
 from retro.store.db import DatabaseUnreachable, HostTablesMissing, RetroTablesMissing, StoreError

@@ -1,0 +1,536 @@
+"""The operator commands over an open :class:`~retro.app.App` (its engine and
+queues): ``start`` (scan and seed gap runs), ``retry`` (re-arm failed runs),
+``verify`` (replay every run), ``status`` (where every run stands), ``history``
+(a run's event timeline) and ``cancel`` (stop live runs, removing their queued
+jobs). The daemon's tick is :mod:`retro.tick`; the app itself only opens and
+closes what these read and write.
+
+Times come in as arguments (aware UTC); run ids come from ``app.new_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from retro.app import App
+from retro.config import mask
+from retro.errors import UsageError
+from retro.events import Phase, RunCancelled, RunSeeded
+from retro.logs import logfmt_value, run_fields
+from retro.machine import (
+    LIVE,
+    TERMINAL,
+    JobMeaning,
+    Run,
+    State,
+    Step,
+    Waiting,
+    cannot_heal,
+    clip,
+    has_external_id,
+)
+from retro.progress import DEFAULT_WINDOW, Progress, measure
+from retro.queue import UNSTARTED_STATES
+from retro.store import gaps, runs
+from retro.store.facts import match_facts
+from retro.store.runs import EventRow
+from retro.tick import wait_of
+
+log = logging.getLogger("retro")
+
+CANCEL_REASON = "cancelled by operator"
+CANCEL_TRIES = 20
+"""Times one run's cancel is re-decided after losing an append race to a daemon."""
+UNSTARTED = frozenset(str(s) for s in UNSTARTED_STATES)
+"""BullMQ job states a job can be removed in (a worker has not taken it)."""
+
+
+REPROCESS: dict[str, tuple[str, ...]] = {
+    "missing": (),
+    "failed": ("failed",),
+    "all": ("all",),
+}
+"""``retro start --reprocess`` choices and the run states they lift the cooldown for."""
+
+
+class RetryRefused(UsageError, ValueError):
+    """``retro retry`` cannot re-arm what it was asked to; nothing was written."""
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    """What ``start`` found and seeded. ``cannot_heal`` maps a gap match's id to why
+    its run could never heal (:func:`retro.machine.cannot_heal`); a real ``start``
+    seeds it all the same, and the run fails at its first tick with the reason."""
+
+    scan: gaps.Scan
+    seeded: list[str]
+    dry_run: bool
+    cannot_heal: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """An in-flight run for ``status``; ``waiting_for_worker`` names an idle queue;
+    ``waiting`` says how long and why its job waits for a worker (schedule-to-start)."""
+
+    run: Run
+    home_team: str | None
+    away_team: str | None
+    job_state: str | None
+    waiting_for_worker: str | None
+    waiting: Waiting | None = None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Counts by state, in-flight runs, failed runs, workers per queue."""
+
+    counts: dict[str, int]
+    in_flight: list[InFlight]
+    failed: list[Run]
+    workers: dict[str, int | None]
+    """Workers per queue; ``None`` where Redis will not list its clients."""
+    redis_error: str | None = None
+    progress: Progress | None = None
+    """Percent done and ETA; only when ``status`` was given ``now``."""
+
+    @property
+    def holding(self) -> list[InFlight]:
+        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off)."""
+        return [item for item in self.in_flight if runs.holds_slot(item.run)]
+
+    @property
+    def backoff(self) -> list[InFlight]:
+        """The ``in_flight`` runs sleeping out a retry back-off (holding no slot),
+        earliest retry (``run.not_before``, aware UTC) first."""
+        asleep = [item for item in self.in_flight if not runs.holds_slot(item.run)]
+        return sorted(asleep, key=lambda item: item.run.not_before or item.run.updated_at)
+
+
+class Refused(UsageError, ValueError):
+    """An operator command cannot do what it was asked; nothing was written."""
+
+
+# --- start, retry, verify, status --------------------
+
+
+async def start(
+    app: App,
+    *,
+    days: int,
+    now: datetime,
+    dry_run: bool = False,
+    until: datetime | None = None,
+    reprocess: str = "missing",
+) -> SeedReport:
+    """Scan ``[until - days, until]`` for gap matches and seed one run per match.
+
+    ``now`` (aware UTC) stamps the events and measures the cooldown;
+    ``until`` ends the window (default ``now``; the demo replays 2025).
+    Seeding is idempotent: a match with a live run, or whose run ended
+    inside the cooldown, is not seeded again. ``reprocess`` widens that:
+    ``missing`` (default) seeds gaps only; ``failed`` also seeds gap matches
+    whose last run failed inside the cooldown; ``all`` ignores the cooldown.
+    """
+    scan_started = time.perf_counter()
+    async with app.engine.begin() as conn:
+        scan = await gaps.scan(
+            conn,
+            now=until or now,
+            clock=now,
+            days=days,
+            cooldown=timedelta(seconds=app.settings.cooldown),
+            expected_override=app.settings.expected_predictions,
+            reprocess=REPROCESS[reprocess],
+        )
+    app.metrics.scanned(scan, time.perf_counter() - scan_started)
+    seeded: list[str] = []
+    if not dry_run:
+        for gap in scan.gaps:
+            event = RunSeeded(
+                at=now,
+                run_id=app.new_id(),
+                match_id=gap.match_id,
+                gaps=tuple(str(k) for k in gap.kinds),
+                found=gap.found,
+                expected=gap.expected,
+            )
+            try:
+                async with app.engine.begin() as conn:
+                    await runs.append(conn, None, [event])
+            except runs.LiveRunExists:
+                log.info(
+                    "match %s already has a live run; not seeded",
+                    gap.match_id,
+                    extra=run_fields(None, gap.match_id),
+                )
+                continue
+            except runs.AppendRejected as exc:
+                log.error(
+                    "match %s not seeded: %s",
+                    gap.match_id,
+                    clip(exc.cause),
+                    extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
+                )
+                continue
+            seeded.append(event.run_id)
+            app.metrics.appended(event.run_id, event)
+            log.info(
+                "RunSeeded gaps=%s",
+                ",".join(event.gaps),
+                extra=run_fields(event.run_id, gap.match_id, None, event.TYPE),
+            )
+    doomed = {
+        gap.match_id: why
+        for gap in scan.gaps
+        if (
+            why := cannot_heal(
+                has_analysis=gaps.GapKind.MISSING_ANALYSIS not in gap.kinds,
+                external_id=has_external_id(gap.external_id),
+                policy=app.policy,
+            )
+        )
+    }
+    return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run, cannot_heal=doomed)
+
+
+async def retry(app: App, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:
+    """Re-arm failed runs (``RunRearmed``): the given ids, or every failed run.
+
+    All or nothing: every named run must exist and be ``failed``.
+
+    Raises:
+        RetryRefused: an id is unknown, a run is not failed, its match has
+            another live run, a rival wrote to it first, or the database
+            refused the event; nothing is written.
+    """
+    async with app.engine.begin() as conn:
+        if failed:
+            targets = await runs.list_runs(conn, states=[State.FAILED], limit=1_000_000)
+        else:
+            targets = []
+            for run_id in run_ids:
+                run = await runs.get(conn, run_id)
+                if run is None:
+                    raise RetryRefused(f"no run {run_id!r}")
+                if run.state is not State.FAILED:
+                    raise RetryRefused(f"run {run_id} is {run.state}, not failed")
+                targets.append(run)
+        rearmed = []
+        for run in targets:
+            try:
+                rearmed.append(await runs.rearm(conn, run, now=now))
+            except runs.LiveRunExists:
+                raise RetryRefused(
+                    f"run {run.id}: match {run.match_id} already has a live run"
+                ) from None
+            except runs.ConcurrencyError:
+                raise RetryRefused(
+                    f"run {run.id} changed while being re-armed; look again"
+                ) from None
+            except runs.AppendRejected as exc:
+                raise RetryRefused(f"run {run.id}: {clip(exc.cause)}") from None
+    for run in rearmed:
+        log.info("RunRearmed", extra=run_fields(run.id, run.match_id, None, "RunRearmed"))
+    return rearmed
+
+
+async def verify(app: App) -> runs.Audit:
+    """Rebuild every run from its events and compare with the stored projection."""
+    async with app.engine.connect() as conn:
+        return await runs.audit(conn)
+
+
+async def counts(app: App) -> dict[str, int]:
+    """Runs by state (one query; :func:`status` also reads jobs and workers)."""
+    async with app.engine.connect() as conn:
+        return {str(state): n for state, n in (await runs.counts_by_state(conn)).items()}
+
+
+async def status(
+    app: App, *, now: datetime | None = None, window: float = DEFAULT_WINDOW
+) -> StatusReport:
+    """Where every run stands, and which queues have workers. With ``now`` (aware
+    UTC) also the progress: percent done and an ETA from the hand-off rate of the
+    last ``window`` seconds (:mod:`retro.progress`)."""
+    async with app.engine.connect() as conn:
+        counts = await runs.counts_by_state(conn)
+        progress = None
+        if now is not None:
+            progress = await measure(conn, counts=counts, now=now, window=window)
+        live = await runs.list_runs(
+            conn, states=[State.ANALYZING, State.PREDICTING, State.SETTLING]
+        )
+        failed = await runs.list_runs(conn, states=[State.FAILED], limit=50)
+        teams = {}
+        for run in live:
+            facts = await match_facts(conn, run.match_id)
+            teams[run.id] = (facts.home_team, facts.away_team) if facts else (None, None)
+    workers: dict[str, int | None] = {}
+    in_flight: list[InFlight] = []
+    if app.queues is not None:
+        paused: dict[str, bool] = {}
+        for phase in Phase:
+            name = app.queues.names[phase]
+            workers[name] = await app.queues.worker_count(phase)
+            paused[name] = await app.queues.is_paused(phase)
+        for run in live:
+            job_state = None
+            idle_queue = None
+            waiting = None
+            if run.job_id and run.phase:
+                view = await app.queues.job_view(run.phase, run.job_id)
+                queue_now = await app.clocks.queue.now(app.queues.server_time)
+                view = app.clocks.job.measure(run.job_id, view, queue_now)
+                job_state = str(view.state)
+                name = app.queues.names[run.phase]
+                if view.meaning is JobMeaning.WAITING and workers.get(name) == 0:
+                    idle_queue = name
+                if now is not None:
+                    waiting = wait_of(
+                        run, view, workers[name], paused[name], app.queues, app.policy
+                    )
+            home, away = teams[run.id]
+            in_flight.append(InFlight(run, home, away, job_state, idle_queue, waiting))
+    else:
+        in_flight = [InFlight(r, *teams[r.id], None, None) for r in live]
+    return StatusReport(
+        counts=counts,
+        in_flight=in_flight,
+        failed=failed,
+        workers=workers,
+        redis_error=app.redis_error,
+        progress=progress,
+    )
+
+
+# --- history ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """One run and its stored events in seq order."""
+
+    run: Run
+    events: list[EventRow]
+
+
+@dataclass(frozen=True)
+class History:
+    """``retro history ID``: ``resolved_as`` is ``"run"`` or ``"match"``; ``runs``
+    holds one run for a run id, every run of the match (newest first) for a match id."""
+
+    query: str
+    resolved_as: str
+    runs: list[RunHistory]
+
+
+async def history(app: App, ident: str, *, of: str = "auto") -> History:
+    """The event timeline of run ``ident``, or of every run of match ``ident``.
+
+    ``of`` is ``"run"``, ``"match"`` or ``"auto"``: auto takes ``ident`` as a run
+    id if a run has it, as a match id if runs of that match exist.
+
+    Raises:
+        Refused: no run and no match's run has that id, or (auto) it is both a
+            run id and a match id.
+    """
+    async with app.engine.connect() as conn:
+        as_run = await runs.get(conn, ident) if of in ("auto", "run") else None
+        of_match = await runs.runs_of_match(conn, ident) if of in ("auto", "match") else []
+        if as_run is not None and of_match:
+            raise Refused(
+                f"{ident!r} is both a run id and a match id; say which with --of run or --of match"
+            )
+        if as_run is None and not of_match:
+            what = {"run": "no run", "match": "no run of match"}.get(of, "no run or match")
+            raise Refused(f"{what} {ident!r}")
+        chosen = [as_run] if as_run is not None else of_match
+        return History(
+            query=ident,
+            resolved_as="run" if as_run is not None else "match",
+            runs=[RunHistory(run, await runs.event_rows(conn, run.id)) for run in chosen],
+        )
+
+
+# --- cancel -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A run ``retro cancel`` cancelled.
+
+    Attributes:
+        run: the run as it was just before the cancel.
+        job_state: BullMQ's state of its job when cancelled (``unknown`` if absent,
+            ``None`` when the run had no job).
+        job_removed: the job was waiting and is removed from its queue; an
+            ``active`` job cannot be removed and is left to finish, its result ignored.
+    """
+
+    run: Run
+    job_state: str | None
+    job_removed: bool
+
+    @property
+    def phase(self) -> Phase | None:
+        """The phase the run's job belongs to (``None`` without a job)."""
+        return self.run.phase
+
+    @property
+    def job_id(self) -> str | None:
+        """The run's job id (``None`` when it had none, e.g. pending)."""
+        return self.run.job_id
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What ``retro cancel`` did: runs cancelled, and runs that ended by themselves
+    (done, failed or cancelled by a daemon) before the cancel reached them."""
+
+    cancelled: list[Cancelled]
+    ended_first: list[Run]
+
+
+async def cancel(
+    app: App,
+    run_ids: list[str],
+    *,
+    every_live: bool,
+    now: datetime,
+    reason: str = CANCEL_REASON,
+) -> CancelReport:
+    """Cancel live runs: the given ids, or every live run (``every_live``).
+
+    For each run, under its row lock (PostgreSQL ``FOR UPDATE``; SQLite serialises
+    writers) and guarded by its version as every append is: remove its job if it
+    has not started, then append ``RunCancelled(reason)``. A lost race with a
+    running daemon re-reads the run and decides again. A run that ended on its own
+    in the meantime is reported in ``ended_first``, not cancelled.
+
+    The reason is stored on one line, passwords masked, clipped to 500 characters.
+    A job requested moments before the cancel may not be in BullMQ yet (a daemon
+    enqueues after its commit): cancel watches for it for up to
+    :data:`LATE_ENQUEUE_SECONDS` and removes it when it arrives.
+
+    An ``active`` job cannot be removed: it is left running. When it finishes, the
+    daemon ignores it, as it never advances a terminal run; the finished job stays
+    in BullMQ until a later run of the match removes it as stale.
+
+    Named ids are checked first, all or nothing, like ``retry``.
+
+    Raises:
+        Refused: an id is unknown, or a named run is already done, failed or
+            cancelled; nothing is written.
+    """
+    assert app.queues is not None, "cancel needs Redis"
+    reason = clip(" ".join(mask(reason).split()))  # one line, no password, bounded
+    if not reason:
+        raise Refused("the cancel reason is empty")
+    async with app.engine.connect() as conn:
+        if every_live:
+            targets = await runs.list_runs(conn, states=LIVE, limit=1_000_000)
+        else:
+            targets = []
+            for run_id in dict.fromkeys(run_ids):
+                run = await runs.get(conn, run_id)
+                if run is None:
+                    raise Refused(f"no run {run_id!r}")
+                if run.state in TERMINAL:
+                    raise Refused(
+                        f"run {run_id} is already {run.state}; only live runs "
+                        "(pending, analyzing, predicting, settling) can be cancelled"
+                    )
+                targets.append(run)
+    report = CancelReport(cancelled=[], ended_first=[])
+    for target in targets:
+        done = await _cancel_one(app, target.id, now=now, reason=reason)
+        if isinstance(done, Cancelled):
+            report.cancelled.append(done)
+        else:
+            report.ended_first.append(done)
+    return report
+
+
+async def _cancel_one(app: App, run_id: str, *, now: datetime, reason: str) -> Cancelled | Run:
+    """Cancel one run; return what was done, or the run if it ended first."""
+    assert app.queues is not None
+    for _ in range(CANCEL_TRIES):
+        try:
+            async with app.engine.begin() as conn:
+                run = await runs.get(conn, run_id, wait=True)
+                assert run is not None, f"run {run_id} vanished"
+                if run.state in TERMINAL:
+                    return run
+                state, removed = None, False
+                if run.job_id is not None and run.phase is not None:
+                    state, removed = await _remove_job(app, run.phase, run.job_id)
+                await runs.append(conn, run, [RunCancelled(at=now, reason=reason)])
+        except runs.ConcurrencyError:
+            log.info("run moved while being cancelled; deciding again", extra=run_fields(run_id))
+            continue
+        if run.job_id is not None and run.phase is not None:
+            # A daemon that read the run before the cancel may have (re-)enqueued the
+            # job since; remove it once more now that the run is terminal.
+            again, removed_again = await _remove_job(app, run.phase, run.job_id)
+            if not removed and again == "unknown" and _request_just_committed(run, now):
+                again, removed_again = await _remove_late_job(app, run.phase, run.job_id)
+            state = state if removed else again
+            removed = removed or removed_again
+        log.info(
+            "RunCancelled reason=%s job_state=%s job_removed=%s",
+            logfmt_value(reason),
+            state,
+            removed,
+            extra=run_fields(run.id, run.match_id, run.job_id, "RunCancelled"),
+        )
+        return Cancelled(run, state, removed)
+    raise RuntimeError(f"run {run_id} kept moving; cancel it again")
+
+
+async def _remove_job(app: App, phase: Phase, job_id: str) -> tuple[str, bool]:
+    """``(state seen, removed)``: remove ``job_id`` if no worker has taken it, or if
+    it is an orphaned hash (``unknown``, in no state list: BullMQ issue 1644), which
+    would make BullMQ ignore every later add of that id."""
+    assert app.queues is not None
+    view = await app.queues.job_view(phase, job_id)
+    state = str(view.state)
+    if state not in UNSTARTED and not view.orphaned:
+        return state, False
+    if await app.queues.remove_unstarted(phase, job_id):
+        return state, True
+    return (await app.queues.job_view(phase, job_id)).state, False  # a worker took it
+
+
+LATE_ENQUEUE_SECONDS = 3.0
+"""How long cancel watches for the job of a request committed just before it."""
+RECENT_REQUEST_SECONDS = 60.0
+
+
+def _request_just_committed(run: Run, now: datetime) -> bool:
+    """The run's job was requested moments ago and BullMQ does not hold it yet: a
+    daemon commits the request, releases the run, then enqueues (DESIGN §4), so the
+    job may still be on its way."""
+    return (
+        run.step is Step.JOB
+        and run.requested_at is not None
+        and (now - run.requested_at).total_seconds() < RECENT_REQUEST_SECONDS
+    )
+
+
+async def _remove_late_job(app: App, phase: Phase, job_id: str) -> tuple[str, bool]:
+    """Watch ``job_id`` for :data:`LATE_ENQUEUE_SECONDS`, removing it if it arrives
+    unstarted; ``(last state seen, removed)``. A daemon that crashed between its
+    commit and the enqueue never adds it, and a cancelled run is never recovered."""
+    deadline = time.monotonic() + LATE_ENQUEUE_SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        state, removed = await _remove_job(app, phase, job_id)
+        if state != "unknown":
+            return state, removed
+    return "unknown", False
