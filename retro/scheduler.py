@@ -36,6 +36,10 @@ from retro.tick import TickReport, unreachable
 
 log = logging.getLogger("retro.daemon")
 
+BACKOFF_SLACK = 0.01
+"""Seconds the daemon waits past a back-off's end before its tick (stored instants
+and the wall clock can differ by rounding)."""
+
 
 class DaemonLocked(UsageError, RuntimeError):
     """Another ``retro run`` holds this SQLite database."""
@@ -175,7 +179,19 @@ class Daemon:
         if self._job_ids.fullmatch(job_id):
             self.wake()
 
-    async def _tick(self, until_idle: bool) -> None:
+    def _until_next_tick(self, backoff_end: datetime | None) -> float:
+        """Seconds to the next tick: ``tick_interval``, or less when a retry
+        back-off ends (``backoff_end``, aware UTC) before that, so its retry comes
+        on time rather than up to a tick late. Never more than ``tick_interval``,
+        whatever the wall clock does."""
+        interval = self.settings.tick_interval
+        if backoff_end is None:
+            return interval
+        left = (backoff_end - self.clock()).total_seconds() + BACKOFF_SLACK
+        return min(interval, max(left, 0.0))
+
+    async def _tick(self, until_idle: bool) -> datetime | None:
+        """One tick as the loop runs it; returns the earliest back-off end it saw."""
         try:
             report = await self.run_once()
             if report.again:
@@ -190,11 +206,12 @@ class Daemon:
             dependency = unreachable(exc)
             if dependency is None:
                 log.exception("tick failed; the next tick retries")
-                return
+                return None
             self._outage.failed(dependency, exc)
             asyncio.get_running_loop().call_later(self._outage.delay, self.wake)
-        else:
-            self._outage.recovered()
+            return None
+        self._outage.recovered()
+        return report.next_backoff_end
 
     async def _scan(self) -> None:
         self._scan_due = False
@@ -245,8 +262,8 @@ class Daemon:
                     next_scan = loop.time() + self.settings.scan_interval
                 if self._scan_due:
                     await self._scan()
-                await self._tick(until_idle)
-                next_tick = loop.time() + self.settings.tick_interval
+                backoff_end = await self._tick(until_idle)
+                next_tick = loop.time() + self._until_next_tick(backoff_end)
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):

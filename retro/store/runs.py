@@ -272,6 +272,18 @@ async def due(
     return Due(in_flight=[r for (r,) in holders], resuming=resuming, pending=pending_)
 
 
+async def next_backoff_end(conn: AsyncConnection) -> datetime | None:
+    """The earliest end (``not_before``, aware UTC) of a retry back-off still
+    running, or ``None`` when no run is in back-off: when the daemon must look
+    again at the latest (one query on the in-flight partial index)."""
+    value: datetime | None = await conn.scalar(
+        select(func.min(backfill_runs.c.next_check_at)).where(
+            text(IN_FLIGHT_SQL), backfill_runs.c.step == str(Step.BACKOFF)
+        )
+    )
+    return value
+
+
 async def starters(
     conn: AsyncConnection, *, now: datetime, limit: int, policy: Policy | None = None
 ) -> list[str]:

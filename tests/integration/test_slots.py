@@ -20,6 +20,7 @@ from retro.app import App
 from retro.cli.render import status_parts
 from retro.machine import Step
 from retro.report import iso, status_json
+from retro.scheduler import Daemon
 from tests.conftest import Backend, eventually
 from tests.integration.test_recovery import (
     events_of,
@@ -126,3 +127,48 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
     assert sampler.samples > 20
     assert len(sampler.seen) >= 3  # both runs' jobs were seen outstanding
     assert sampler.peak == 1
+
+
+async def test_the_daemon_ticks_when_a_backoff_ends_not_a_tick_interval_later(
+    backend: Backend,
+) -> None:
+    """A retry back-off shorter than ``tick_interval`` ends on time: the daemon
+    ticks when the earliest back-off ends (``TickReport.next_backoff_end``), not at
+    its next interval. With a 1 s back-off and a 30 s interval, the retry is
+    requested well inside the interval (it would wait ~30 s without the rule)."""
+    interval, backoff = 30.0, 1.0
+    await make_host(backend, predictions=0)
+    settings = settings_for(backend, max_in_flight=1, retry_backoff=backoff, tick_interval=interval)
+    async with App(settings) as app:
+        (run_id,) = (await commands.start(app, days=14, now=now())).seeded
+        daemon = Daemon(app)
+        running = asyncio.create_task(daemon.run(until_idle=True, scan=False, handle_signals=False))
+        try:
+
+            async def fail(job: Any, token: str) -> None:
+                raise RuntimeError("attempt-1 failure")
+
+            worker = Worker(
+                settings.predictions_queue,
+                fail,
+                {"connection": app.redis_url, "prefix": backend.prefix},
+            )
+            try:
+
+                async def backing_off() -> bool:
+                    return "RetryScheduled" in [e.TYPE for e in await events_of(app, run_id)]
+
+                await eventually(backing_off, timeout=interval / 2)
+            finally:
+                await worker.close()
+            async with workers(backend):
+                await asyncio.wait_for(running, timeout=interval / 2)
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(running, 10)
+        events = await events_of(app, run_id)
+    assert events[-1].TYPE == "RunCompleted", [e.TYPE for e in events]
+    scheduled = next(e for e in events if e.TYPE == "RetryScheduled")
+    retried = [e for e in events if e.TYPE == "PredictionsRequested"][1]
+    late = (retried.at - scheduled.at).total_seconds()
+    assert backoff <= late < interval / 2, late
