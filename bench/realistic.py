@@ -285,14 +285,18 @@ class OriginalSide:
 class Timeline:
     """Where retro's wall time went, from the runs' own events (their ``at``, retro's clock).
 
-    At ``max_in_flight`` 1 one run moves at a time, so the runs' spans (first event after
-    ``RunSeeded`` to the last) add up to nearly the daemon's wall time.
+    Sums are over runs: when runs in back-off release their slot, their back-offs
+    overlap other runs' work, and the sums exceed the wall time. ``busy`` is the
+    wall-clock time during which at least one job was outstanding (the union of the
+    request -> verdict intervals); the rest of the wall nothing was outstanding: every
+    live run was waiting out a back-off, or the daemon was between a verdict and the
+    next request.
     """
 
     retries: Counter[str] = field(default_factory=Counter)
     """``RetryScheduled`` events by phase."""
-    spans: float = 0.0
-    """The runs' spans, summed, seconds."""
+    intervals: list[tuple[datetime, datetime]] = field(default_factory=list)
+    """Each job's request -> verdict, on retro's clock."""
     jobs: float = 0.0
     """From each request (``*Requested``, ``JobReenqueued``) to the run's next event, s."""
     judged: dict[str, list[float]] = field(default_factory=dict)
@@ -303,9 +307,17 @@ class Timeline:
     """Failed runs by reason (the match id replaced by ``<match>``)."""
 
     @property
-    def other(self) -> float:
-        """The rest of the runs' spans: judging outcomes, hand-offs, skips, s."""
-        return self.spans - self.jobs - self.backoff
+    def busy(self) -> float:
+        """Seconds during which at least one job was outstanding (union of intervals)."""
+        total, reach = 0.0, None
+        for start, end in sorted(self.intervals):
+            if reach is None or start > reach:
+                total += (end - start).total_seconds()
+                reach = end
+            elif end > reach:
+                total += (end - reach).total_seconds()
+                reach = end
+        return total
 
 
 async def timeline(conn: AsyncConnection) -> Timeline:
@@ -313,13 +325,12 @@ async def timeline(conn: AsyncConnection) -> Timeline:
     out = Timeline()
     for run_id in await runs.all_ids(conn):
         events = [e for e in await runs.events_of(conn, run_id) if not isinstance(e, RunSeeded)]
-        if events:
-            out.spans += (events[-1].at - events[0].at).total_seconds()
         for event, after in pairwise(events):
             seconds = (after.at - event.at).total_seconds()
             if isinstance(event, Requested | JobReenqueued):
                 out.jobs += seconds
                 out.judged.setdefault(after.TYPE, []).append(seconds)
+                out.intervals.append((event.at, after.at))
             elif isinstance(event, RetryScheduled):
                 out.retries[event.phase] += 1
                 out.backoff += seconds
@@ -456,10 +467,10 @@ def lines(name: str, retro: RetroSide, original: OriginalSide) -> list[str]:
         f"{label} retro:    limit {retro.limit:.2f} s = jobs' own work {j.work:.2f} s "
         f"({j.count} jobs {j.by_queue}, {j.outcomes}) + longest unavoidable back-off chain "
         f"{retro.chain:.1f} s; wall/limit {ratio:.1f} (target <= 1.5: {verdict(ratio <= 1.5)})",
-        f"{label} retro:    where the wall went (runs' events): runs' spans {t.spans:.1f} s = "
-        f"jobs requested -> judged {t.jobs:.1f} s + back-off {t.backoff:.1f} s "
-        f"({dict(t.retries)} retries) + the rest {t.other:.1f} s; outside the runs' spans "
-        f"{retro.wall - t.spans:.1f} s",
+        f"{label} retro:    where the wall went (runs' events): a job outstanding "
+        f"{t.busy:.1f} s of the {retro.wall:.1f} s, none {retro.wall - t.busy:.1f} s; summed "
+        f"over runs: request -> verdict {t.jobs:.1f} s, back-off {t.backoff:.1f} s "
+        f"({dict(t.retries)} retries)",
     ]
     out.append(
         f"{label} retro:    request -> verdict, by verdict: "
