@@ -78,7 +78,7 @@ class TickReport:
     """A run stopped short of an event it may take at once (a retry without backoff),
     or began a retry back-off, freeing a slot the next tick offers."""
     next_backoff_end: datetime | None = None
-    """The earliest end of a retry back-off after the tick (aware UTC), or ``None``:
+    """The earliest end of a retry back-off still to come (aware UTC), or ``None``:
     the daemon ticks then if that comes before its ``tick_interval``."""
 
 
@@ -155,7 +155,7 @@ class Ticker:
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
         async with self.engine.connect() as conn:
-            report.next_backoff_end = await runs.next_backoff_end(conn)
+            report.next_backoff_end = await runs.next_backoff_end(conn, now=now)
         for gone in set(self._wait_said) - set(self._waits):
             del self._wait_said[gone]  # ended, or no longer waiting: said again if it recurs
         self.metrics.waited(self._waits.values(), self.queues.names.values())

@@ -272,13 +272,17 @@ async def due(
     return Due(in_flight=[r for (r,) in holders], resuming=resuming, pending=pending_)
 
 
-async def next_backoff_end(conn: AsyncConnection) -> datetime | None:
-    """The earliest end (``not_before``, aware UTC) of a retry back-off still
-    running, or ``None`` when no run is in back-off: when the daemon must look
-    again at the latest (one query on the in-flight partial index)."""
+async def next_backoff_end(conn: AsyncConnection, *, now: datetime) -> datetime | None:
+    """The earliest end (``not_before``, aware UTC) of a retry back-off still running
+    at ``now``, or ``None`` when none is: when the daemon must look again at the
+    latest (one query on the in-flight partial index). A back-off already over is
+    not one: its run waits for a free slot, and a slot is freed by a tick that
+    then looks again at once, so waking for it would only spin."""
     value: datetime | None = await conn.scalar(
         select(func.min(backfill_runs.c.next_check_at)).where(
-            text(IN_FLIGHT_SQL), backfill_runs.c.step == str(Step.BACKOFF)
+            text(IN_FLIGHT_SQL),
+            backfill_runs.c.step == str(Step.BACKOFF),
+            backfill_runs.c.next_check_at > now,
         )
     )
     return value

@@ -632,3 +632,21 @@ async def test_append_stores_a_plans_projections_as_given(engine: AsyncEngine) -
         assert (await runs.audit(conn)).ok
         with pytest.raises(ValueError, match="one projection per event"):
             await runs.append(conn, stored, planned.events, projected=planned.runs[:1])
+
+
+async def test_next_backoff_end_is_the_earliest_back_off_still_to_come(
+    engine: AsyncEngine,
+) -> None:
+    """The daemon wakes at :func:`runs.next_backoff_end`; a back-off already over
+    (its run waits for a slot) is not one, or the daemon would tick without pause."""
+    now = T0 + timedelta(minutes=10)
+    async with engine.connect() as conn:
+        assert await runs.next_backoff_end(conn, now=now) is None
+    await in_backoff(engine, "over", "m1", T0, now - sec(1))
+    async with engine.connect() as conn:
+        assert await runs.next_backoff_end(conn, now=now) is None
+    await in_backoff(engine, "late", "m2", T0, now + sec(30))
+    await in_backoff(engine, "soon", "m3", T0, now + sec(5))
+    async with engine.connect() as conn:
+        assert await runs.next_backoff_end(conn, now=now) == now + sec(5)
+        assert await runs.next_backoff_end(conn, now=now + sec(6)) == now + sec(30)

@@ -8,7 +8,7 @@ straight from Redis, :mod:`tests.outstanding`) never hold more than
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bullmq import Worker
@@ -21,6 +21,7 @@ from retro.cli.render import status_parts
 from retro.machine import Step
 from retro.report import iso, status_json
 from retro.scheduler import Daemon
+from retro.tick import TickReport
 from tests.conftest import Backend, eventually
 from tests.integration.test_recovery import (
     events_of,
@@ -172,3 +173,54 @@ async def test_the_daemon_ticks_when_a_backoff_ends_not_a_tick_interval_later(
     retried = [e for e in events if e.TYPE == "PredictionsRequested"][1]
     late = (retried.at - scheduled.at).total_seconds()
     assert backoff <= late < interval / 2, late
+
+
+async def test_a_due_back_off_waiting_for_a_slot_does_not_spin_the_daemon(
+    backend: Backend,
+) -> None:
+    """A back-off that is over while every slot is held waits for a slot, not for a
+    time: the daemon keeps its ``tick_interval`` (and its wake-ups) then, rather than
+    ticking at once again and again for a back-off end that has passed."""
+    await make_host(backend, match_ids=("M1", "M2"), predictions=0)
+    settings = settings_for(backend, max_in_flight=1, retry_backoff=0.2, tick_interval=1.0)
+    async with App(settings) as app:
+        seeded = (await commands.start(app, days=14, now=now())).seeded
+        await app.tick(now=now())
+        (first,) = [r for r in seeded if (await get_run(app, r)).state == "predicting"]
+
+        async def fail(job: Any, token: str) -> None:
+            raise RuntimeError("attempt-1 failure")
+
+        worker = Worker(
+            settings.predictions_queue,
+            fail,
+            {"connection": app.redis_url, "prefix": backend.prefix},
+        )
+        try:
+            run = await get_run(app, first)
+
+            async def failed() -> bool:
+                return (await job_view(app, run)).state == "failed"
+
+            await eventually(failed)
+        finally:
+            await worker.close()
+        await app.tick(now=now())  # the first backs off; the second takes the slot
+        await app.tick(now=now())
+        assert [(await get_run(app, r)).step for r in seeded].count(Step.BACKOFF) == 1
+        await asyncio.sleep(0.3)  # the back-off is over; the slot is held by a queued job
+
+        ticks = 0
+        tick = app.tick
+
+        async def counted(*, now: datetime) -> TickReport:
+            nonlocal ticks
+            ticks += 1
+            return await tick(now=now)
+
+        app.tick = counted  # type: ignore[method-assign]
+        daemon = Daemon(app)
+        asyncio.get_running_loop().call_later(2.0, daemon.stop)
+        await asyncio.wait_for(daemon.run(scan=False, handle_signals=False), 10)
+        assert (await get_run(app, first)).step is Step.BACKOFF  # still no slot
+    assert 1 <= ticks <= 5, ticks  # ~2 s at a 1 s interval, not one tick per 10 ms
