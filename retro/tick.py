@@ -72,11 +72,13 @@ class TickReport:
     events: list[tuple[str, Event]] = field(default_factory=list)
     freed: int = 0
     """Runs that reached a terminal state in the tick (each frees a slot)."""
+    released: int = 0
+    """Runs that began a retry back-off in the tick (each frees its slot too)."""
     started: int = 0
     """Runs the tick gave a slot: pending runs started, back-offs resumed."""
     again: bool = False
     """A run stopped short of an event it may take at once (a retry without backoff),
-    or began a retry back-off, freeing a slot the next tick offers."""
+    or slots were still freeing when the tick's refill passes ran out."""
     next_backoff_end: datetime | None = None
     """The earliest end of a retry back-off still to come (aware UTC), or ``None``:
     the daemon ticks then if that comes before its ``tick_interval``."""
@@ -128,11 +130,12 @@ class Ticker:
     async def tick(self, *, now: datetime) -> TickReport:
         """Advance every due run as far as the facts allow (DESIGN §2, one tick).
 
-        A run that ends frees its ``max_in_flight`` slot: the tick then offers it
-        itself (one query, at most :data:`REFILL_PASSES` times) to the next run
-        whose back-off is over, or else the next pending run, instead of leaving it
-        to another tick. A run that begins a retry back-off frees its slot too; it
-        asks for the next tick at once (``report.again``), which offers it.
+        A run that ends, or begins a retry back-off, frees its ``max_in_flight``
+        slot: the tick then offers it itself (one query, at most
+        :data:`REFILL_PASSES` times) to the next run whose back-off is over, or else
+        the next pending run, instead of leaving it to another tick. A refill never
+        takes a run this tick has already looked at: a retry due at once (no
+        back-off) comes in a later transaction than its judgement (``again``).
         """
         report = TickReport()
         self._waits = {}
@@ -143,17 +146,24 @@ class Ticker:
         starting = due.resuming + due.pending  # each takes a free slot first
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in starting]
         await self._work(work, now, report)
+        looked = {run_id for run_id, _ in work}
         refilled = 0  # slots freed so far that a refill pass has offered to starters
         for _ in range(REFILL_PASSES):
-            free = report.freed - refilled
+            freed = report.freed + report.released
+            free = freed - refilled
             if not free:
                 break
-            refilled = report.freed
+            refilled = freed
             async with self.engine.connect() as conn:
-                starters = await runs.starters(conn, now=now, limit=free, policy=self.policy)
+                listed = await runs.starters(
+                    conn, now=now, limit=free + len(looked), policy=self.policy
+                )
+            starters = [r for r in listed if r not in looked][:free]
+            looked.update(starters)
             await self._work([(r, True) for r in starters], now, report)
         else:
-            report.again = report.again or report.freed > refilled  # still freeing: look again
+            freed = report.freed + report.released
+            report.again = report.again or freed > refilled  # still freeing: look again
         async with self.engine.connect() as conn:
             report.next_backoff_end = await runs.next_backoff_end(conn, now=now)
         for gone in set(self._wait_said) - set(self._waits):
@@ -298,7 +308,7 @@ class Ticker:
         elif starting:
             report.started += 1
         elif runs.holds_slot(planned.run) and not runs.holds_slot(planned.final):
-            report.again = True  # it backs off: the next tick offers its slot at once
+            report.released += 1  # it backs off: this tick offers its slot at once
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:
         """The facts of ``run`` at ``now``: BullMQ's view of its job first, then the data.
