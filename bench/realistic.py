@@ -14,9 +14,9 @@ behaviour:
   and every other setting at its default (``retry_backoff`` 5 s, ``max_attempts`` 3);
 * **original**: ``bench/baseline_seed.py``'s loop on the same gap matches, in a process
   of its own (it spends nearly all its time asleep between its 2 s polls). The
-  original's runs on all the backends start at once, at the beginning; retro's run on
-  one backend after the other. So the bench takes about as long as the slowest
-  original, or as retro's runs together if they are slower.
+  original's runs on all the backends start at once, after retro's, which run one
+  backend after the other and alone on the machine. So the bench takes about as long
+  as retro's runs plus the slowest original.
 
 The data: the demo season with an outage, cut down to the first ``--matches`` gap
 matches of retro's gap scan (the rest of the window's matches are deleted). The
@@ -437,16 +437,17 @@ async def original_in_subprocess(name: str, args: argparse.Namespace) -> Origina
 
 
 async def run(args: argparse.Namespace) -> list[tuple[str, RetroSide, OriginalSide | None]]:
-    """retro on each backend in turn; the original loop on every backend at once, from
-    the start, each beside retro's on its own copy (it sleeps between its polls);
+    """retro on each backend in turn, alone on the machine; then the original loop on
+    every backend at once, each on its own copy (it sleeps between its polls, so the
+    copies barely meet, and retro's figures are not shared with its workers' load);
     with ``--retro-only`` no original (a quick look at retro's side alone)."""
+    retros = {name: await heal_with_retro(name, args) for name in args.backends}
     if args.retro_only:
-        return [(name, await heal_with_retro(name, args), None) for name in args.backends]
+        return [(name, retros[name], None) for name in args.backends]
     originals = {
         name: asyncio.create_task(original_in_subprocess(name, args)) for name in args.backends
     }
     try:
-        retros = {name: await heal_with_retro(name, args) for name in args.backends}
         return [(name, retros[name], await originals[name]) for name in args.backends]
     finally:
         for task in originals.values():
