@@ -11,6 +11,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from bullmq import Worker
 from redis.asyncio import Redis
 from rich.console import Console
@@ -31,7 +32,7 @@ from tests.integration.test_recovery import (
     settings_for,
     workers,
 )
-from tests.outstanding import Sampler, queue_names
+from tests.outstanding import Sampler, outstanding, queue_names
 
 BACKOFF = 30.0
 
@@ -234,3 +235,56 @@ async def test_a_due_backoff_without_a_free_slot_does_not_spin_the_daemon(
             await asyncio.wait_for(running, 10)
         assert (await get_run(app, first)).step is Step.BACKOFF  # still waiting for a slot
     assert ticks <= 5, f"{ticks} ticks in {watch} s"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (review of issue 10): PhaseTimedOut clears job_id and RetryScheduled "
+    "releases the slot while BullMQ still runs the timed-out job",
+)
+async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) -> None:
+    """A job that ran past its start-to-close budget is judged (``PhaseTimedOut``)
+    and its run backs off, but BullMQ still has it active under a live worker: it
+    is still one of retro's jobs outstanding. With ``max_in_flight`` 1, no other
+    run's job may be requested while it runs (the guarantee to the data
+    provider, read from BullMQ's own lists)."""
+    await make_host(backend, match_ids=("M1", "M2"), predictions=0)
+    settings = settings_for(
+        backend, max_in_flight=1, retry_backoff=BACKOFF, predictions_timeout=1.0
+    )
+    release = asyncio.Event()
+    redis = Redis.from_url(backend.redis_url)
+    async with App(settings) as app:
+        seeded = (await commands.start(app, days=14, now=now())).seeded
+        await app.tick(now=now())
+        states = {r: (await get_run(app, r)).state for r in seeded}
+        (first,) = [r for r, s in states.items() if s == "predicting"]
+        (second,) = [r for r, s in states.items() if s == "pending"]
+
+        async def slow(job: Any, token: str) -> None:
+            await asyncio.wait_for(release.wait(), 20)  # runs well past its 1 s budget
+
+        worker = Worker(
+            settings.predictions_queue,
+            slow,
+            {"connection": app.redis_url, "prefix": backend.prefix},
+        )
+        try:
+            run = await get_run(app, first)
+
+            async def active() -> bool:
+                return (await job_view(app, run)).state == "active"
+
+            await eventually(active)
+            await asyncio.sleep(1.5)  # past the budget
+            for _ in range(3):
+                await app.tick(now=now())
+            assert (await get_run(app, first)).step is Step.BACKOFF  # judged: timed out
+            assert (await job_view(app, run)).state == "active"  # yet still running
+            ids = await outstanding(redis, backend.prefix, queue_names(settings))
+            second_state = (await get_run(app, second)).state
+        finally:
+            release.set()
+            await worker.close()
+            await redis.aclose()
+    assert len(ids) <= 1, (ids, second_state)
