@@ -155,7 +155,7 @@ class Ticker:
         else:
             report.again = report.again or report.freed > refilled  # still freeing: look again
         async with self.engine.connect() as conn:
-            report.next_backoff_end = await runs.next_backoff_end(conn, now=now)
+            report.next_backoff_end = await runs.next_backoff_end(conn)
         for gone in set(self._wait_said) - set(self._waits):
             del self._wait_said[gone]  # ended, or no longer waiting: said again if it recurs
         self.metrics.waited(self._waits.values(), self.queues.names.values())

@@ -272,22 +272,13 @@ async def due(
     return Due(in_flight=[r for (r,) in holders], resuming=resuming, pending=pending_)
 
 
-async def next_backoff_end(conn: AsyncConnection, *, now: datetime) -> datetime | None:
+async def next_backoff_end(conn: AsyncConnection) -> datetime | None:
     """The earliest end (``not_before``, aware UTC) of a retry back-off still
-    running at ``now`` (aware UTC), or ``None`` when no back-off ends after
-    ``now``: when the daemon must look again at the latest (one query on the
-    in-flight partial index).
-
-    A back-off already over is left out: its run waits for a free slot, and a
-    slot is freed by a job finishing (a wake-up) or by the tick itself, so there
-    is no instant to wake for; counting it would give an end in the past and the
-    daemon would tick without pause while every slot stays held.
-    """
+    running, or ``None`` when no run is in back-off: when the daemon must look
+    again at the latest (one query on the in-flight partial index)."""
     value: datetime | None = await conn.scalar(
         select(func.min(backfill_runs.c.next_check_at)).where(
-            text(IN_FLIGHT_SQL),
-            backfill_runs.c.step == str(Step.BACKOFF),
-            backfill_runs.c.next_check_at > now,
+            text(IN_FLIGHT_SQL), backfill_runs.c.step == str(Step.BACKOFF)
         )
     )
     return value

@@ -11,7 +11,6 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from bullmq import Worker
 from redis.asyncio import Redis
 from rich.console import Console
@@ -32,7 +31,7 @@ from tests.integration.test_recovery import (
     settings_for,
     workers,
 )
-from tests.outstanding import Sampler, outstanding, queue_names
+from tests.outstanding import Sampler, queue_names
 
 BACKOFF = 30.0
 
@@ -173,118 +172,3 @@ async def test_the_daemon_ticks_when_a_backoff_ends_not_a_tick_interval_later(
     retried = [e for e in events if e.TYPE == "PredictionsRequested"][1]
     late = (retried.at - scheduled.at).total_seconds()
     assert backoff <= late < interval / 2, late
-
-
-async def test_a_due_backoff_without_a_free_slot_does_not_spin_the_daemon(
-    backend: Backend,
-) -> None:
-    """A run whose back-off is over but finds no free slot (another run's job is
-    outstanding, no worker takes it) waits for a slot: the daemon must not tick
-    continuously meanwhile. The earliest back-off end then lies in the past; a
-    daemon that wakes for it would tick with a 0 s wait, hundreds of times a
-    second. Here a job finishing (a wake-up) or the tick interval brings the next
-    tick, so a few seconds see only a handful of ticks."""
-    interval, backoff, watch = 30.0, 0.5, 3.0
-    await make_host(backend, match_ids=("M1", "M2"), predictions=0)
-    settings = settings_for(backend, max_in_flight=1, retry_backoff=backoff, tick_interval=interval)
-    async with App(settings) as app:
-        seeded = (await commands.start(app, days=14, now=now())).seeded
-        await app.tick(now=now())
-        states = {r: (await get_run(app, r)).state for r in seeded}
-        (first,) = [r for r, s in states.items() if s == "predicting"]
-        (second,) = [r for r, s in states.items() if s == "pending"]
-
-        async def fail(job: Any, token: str) -> None:
-            raise RuntimeError("attempt-1 failure")
-
-        worker = Worker(
-            settings.predictions_queue,
-            fail,
-            {"connection": app.redis_url, "prefix": backend.prefix},
-        )
-        try:
-            run = await get_run(app, first)
-
-            async def failed() -> bool:
-                return (await job_view(app, run)).state == "failed"
-
-            await eventually(failed)
-        finally:
-            await worker.close()
-        await app.tick(now=now())
-        await app.tick(now=now())
-        assert (await get_run(app, first)).step is Step.BACKOFF
-        assert (await get_run(app, second)).state == "predicting"  # holds the one slot
-        await asyncio.sleep(backoff + 0.1)  # the back-off is over; no slot is free
-
-        ticks = 0
-        tick = app.tick
-
-        async def counted(**kwargs: Any) -> Any:
-            nonlocal ticks
-            ticks += 1
-            return await tick(**kwargs)
-
-        app.tick = counted  # type: ignore[method-assign]
-        daemon = Daemon(app)
-        running = asyncio.create_task(daemon.run(scan=False, handle_signals=False))
-        try:
-            await asyncio.sleep(watch)
-        finally:
-            daemon.stop()
-            await asyncio.wait_for(running, 10)
-        assert (await get_run(app, first)).step is Step.BACKOFF  # still waiting for a slot
-    assert ticks <= 5, f"{ticks} ticks in {watch} s"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (review of issue 10): PhaseTimedOut clears job_id and RetryScheduled "
-    "releases the slot while BullMQ still runs the timed-out job",
-)
-async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) -> None:
-    """A job that ran past its start-to-close budget is judged (``PhaseTimedOut``)
-    and its run backs off, but BullMQ still has it active under a live worker: it
-    is still one of retro's jobs outstanding. With ``max_in_flight`` 1, no other
-    run's job may be requested while it runs (the guarantee to the data
-    provider, read from BullMQ's own lists)."""
-    await make_host(backend, match_ids=("M1", "M2"), predictions=0)
-    settings = settings_for(
-        backend, max_in_flight=1, retry_backoff=BACKOFF, predictions_timeout=1.0
-    )
-    release = asyncio.Event()
-    redis = Redis.from_url(backend.redis_url)
-    async with App(settings) as app:
-        seeded = (await commands.start(app, days=14, now=now())).seeded
-        await app.tick(now=now())
-        states = {r: (await get_run(app, r)).state for r in seeded}
-        (first,) = [r for r, s in states.items() if s == "predicting"]
-        (second,) = [r for r, s in states.items() if s == "pending"]
-
-        async def slow(job: Any, token: str) -> None:
-            await asyncio.wait_for(release.wait(), 20)  # runs well past its 1 s budget
-
-        worker = Worker(
-            settings.predictions_queue,
-            slow,
-            {"connection": app.redis_url, "prefix": backend.prefix},
-        )
-        try:
-            run = await get_run(app, first)
-
-            async def active() -> bool:
-                return (await job_view(app, run)).state == "active"
-
-            await eventually(active)
-            await asyncio.sleep(1.5)  # past the budget
-            for _ in range(3):
-                await app.tick(now=now())
-            assert (await get_run(app, first)).step is Step.BACKOFF  # judged: timed out
-            assert (await job_view(app, run)).state == "active"  # yet still running
-            ids = await outstanding(redis, backend.prefix, queue_names(settings))
-            second_state = (await get_run(app, second)).state
-        finally:
-            release.set()
-            await worker.close()
-            await redis.aclose()
-    assert len(ids) <= 1, (ids, second_state)
