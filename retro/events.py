@@ -275,15 +275,41 @@ def from_record(type_: str, data: dict[str, Any], at: datetime) -> Event:
                 continue
             if f.name not in data and f.default is not dataclasses.MISSING:
                 continue  # a field added later, absent from older events
-            value = data[f.name]
-            if f.type in ("datetime", "datetime | None") and value is not None:
-                value = datetime.fromisoformat(value)
-            elif f.type == "tuple[str, ...]":
-                value = tuple(value)
-            kwargs[f.name] = value
+            kwargs[f.name] = _field_value(f.name, str(f.type), data[f.name])
         return cls(at=at, **kwargs)
     except (KeyError, TypeError, ValueError) as exc:
         raise UnknownEvent(f"event {type_!r} has unusable data: {exc}") from None
+
+
+def _field_value(name: str, type_: str, value: Any) -> Any:
+    """``value`` (as stored in JSON) for a field of type ``type_``, checked: a value
+    of the wrong kind (a text budget, a naive instant) would otherwise surface later
+    as an error deep in the replay rather than as an unusable event.
+
+    Raises:
+        TypeError: ``value`` is not of the field's kind.
+        ValueError: a datetime that is not ISO-8601 or has no offset.
+    """
+    if type_ == "datetime | None" and value is None:
+        return None
+    if type_ in ("datetime", "datetime | None"):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} is not an ISO-8601 string")
+        instant = datetime.fromisoformat(value)
+        if instant.tzinfo is None:
+            raise ValueError(f"{name} has no UTC offset")
+        return instant
+    if type_ == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} is not a list of strings")
+        return tuple(value)
+    if type_ == "str" and isinstance(value, str):
+        return value
+    if type_ == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_ == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} is not {type_}")
 
 
 HANDOFF_TYPES: tuple[str, ...] = (

@@ -126,21 +126,37 @@ def job_id_formats(settings: Settings) -> dict[Phase, str]:
     return {phase: str(getattr(settings, stage.job_id_setting)) for phase, stage in STAGES.items()}
 
 
-_UNRECOVERABLE = re.compile(
-    r"(?:^|[\s.])UnrecoverableError(?::|$)|^\s*at new UnrecoverableError\b", re.MULTILINE
-)
-"""The error BullMQ workers throw for a job no retry can save. Node's stack starts
-``UnrecoverableError: …`` (a subclass's shows the frame ``at new UnrecoverableError``);
-Python's traceback ends ``…unrecoverable_error.UnrecoverableError: …``."""
+_UNRECOVERABLE_NAME = re.compile(r"(?:[\w$]+\.)*UnrecoverableError(?::|$)")
+"""The header of an error thrown as BullMQ's ``UnrecoverableError`` (no retry can save
+the job): Node's stack starts ``UnrecoverableError: …``; Python's traceback ends in a
+header ``…unrecoverable_error.UnrecoverableError: …``."""
+_UNRECOVERABLE_FRAME = re.compile(r"^\s*at new UnrecoverableError\b", re.MULTILINE)
+"""A Node subclass named otherwise still shows the base constructor's frame."""
+_PYTHON_TRACEBACK = "Traceback (most recent call last):"
 
 
 def unrecoverable(stacktrace: Any) -> bool:
     """True when the last entry of a failed job's ``stacktrace`` (BullMQ keeps one per
     failed attempt) was thrown as ``UnrecoverableError`` (BullMQ's own error for a job
-    that must not be retried), by a Node or a Python worker."""
+    that must not be retried), by a Node or a Python worker.
+
+    Only the error the worker threw counts, as BullMQ's own check does: the header of
+    a Node stack (or its base constructor's frame), the final exception of a Python
+    traceback. An ``UnrecoverableError`` only named in a message, or one a Python
+    worker caught and replaced with another error (a chained traceback shows both),
+    is an ordinary failure, which BullMQ and retro retry."""
     if not isinstance(stacktrace, list) or not stacktrace:
         return False
-    return _UNRECOVERABLE.search(str(stacktrace[-1])) is not None
+    text = str(stacktrace[-1])
+    if _PYTHON_TRACEBACK in text:  # the final exception: the last traceback's header
+        last = text.rsplit(_PYTHON_TRACEBACK, 1)[1]
+        header = next((line for line in last.splitlines() if line and not line[0].isspace()), "")
+        return _UNRECOVERABLE_NAME.match(header) is not None
+    first = text.lstrip().split("\n", 1)[0]
+    return (
+        _UNRECOVERABLE_NAME.match(first) is not None
+        or _UNRECOVERABLE_FRAME.search(text) is not None
+    )
 
 
 def _instant(ms: Any) -> datetime | None:

@@ -41,6 +41,35 @@ def test_the_error_is_recognised_from_node_and_python_stacks() -> None:
     assert not unrecoverable(None)
 
 
+def replaced_trace() -> str:
+    """A Python worker caught an ``UnrecoverableError`` and raised an ordinary error:
+    BullMQ retries that one (it checks the error thrown), and so must retro."""
+    try:
+        try:
+            raise UnrecoverableError("first thought: never")
+        except UnrecoverableError as exc:
+            raise RuntimeError("upstream busy, try again") from exc
+    except RuntimeError:
+        return traceback.format_exc()
+
+
+def named_trace() -> str:
+    try:
+        raise RuntimeError("model said: UnrecoverableError: quota")
+    except RuntimeError:
+        return traceback.format_exc()
+
+
+def test_only_the_error_thrown_counts_not_one_named_or_replaced() -> None:
+    assert "UnrecoverableError: first thought" in replaced_trace()  # both are in the trace
+    assert not unrecoverable([replaced_trace()])
+    assert not unrecoverable([named_trace()])
+    node = "Error: upstream replied UnrecoverableError: quota\n    at f (workers.mjs:1:1)"
+    assert not unrecoverable([node])
+    assert unrecoverable(["UnrecoverableError\n    at Worker.processor (workers.mjs:1:1)"])
+    assert unrecoverable([python_trace("")])
+
+
 def test_an_unrecoverable_failure_fails_the_run_without_a_retry() -> None:
     run = seed(
         RunSeeded(at=T0, run_id="r", match_id="m", gaps=("missing_analysis",), found=0, expected=1)
