@@ -28,6 +28,10 @@ from retro.commands import history as run_history
 from retro.errors import EXIT_FAILURE, EXIT_OK
 from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
+from retro.text import escape
+
+SHOWN = 20
+"""Runs ``retro verify`` names in its text output per finding (``--json`` has all)."""
 
 
 @click.command()
@@ -133,12 +137,24 @@ def verify(
     if as_json:
         print_json(verify_json(audit))
         raise SystemExit(EXIT_OK if audit.ok else EXIT_FAILURE)
-    for run_id, why in list(audit.illegal.items())[:20]:
-        err.print(f"retro: error: run {run_id} cannot be replayed: {why}", markup=False)
+    illegal = list(audit.illegal.items())
+    for run_id, why in illegal[:SHOWN]:
+        err.print(
+            f"retro: error: run {escape(run_id)} cannot be replayed: {escape(why)}", markup=False
+        )
+    if len(illegal) > SHOWN:
+        err.print(
+            f"retro: error: … and {plural(len(illegal) - SHOWN, 'more run')} that cannot be "
+            "replayed (retro verify --json lists them all)",
+            markup=False,
+        )
     if audit.drifted:
+        more = len(audit.drifted) - SHOWN
         err.print(
             f"retro: drift: {plural(len(audit.drifted), 'run differs', 'runs differ')} "
-            "from their events: " + ", ".join(audit.drifted[:20]),
+            "from their events: "
+            + ", ".join(escape(r) for r in audit.drifted[:SHOWN])
+            + (f", … and {more} more (retro verify --json lists them all)" if more > 0 else ""),
             markup=False,
         )
     if not audit.ok:

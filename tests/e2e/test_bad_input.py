@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -727,3 +728,38 @@ def test_an_illegal_history_is_reported_for_its_run_by_verify_and_verify_json(
         "illegal": [{"run_id": corrupt, "reason": why}],
     }
     assert fingerprint(url) == before
+
+
+def test_verify_text_names_at_most_shown_runs_and_counts_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past :data:`retro.cli.operator.SHOWN` runs per finding, ``verify``'s text says
+    how many more there are (``--json`` lists them all); run ids are escaped."""
+    from click.testing import CliRunner
+
+    from retro.cli import cli
+    from retro.cli import operator as operator_cli
+
+    url, seeded = seeded_database(tmp_path)
+    corrupt = seeded[:2]
+    with begin(url) as conn:
+        for run_id in corrupt:
+            conn.execute(
+                insert(backfill_events).values(
+                    run_id=run_id, seq=2, type="RunCompleted", data="{}", at=datetime.now(UTC)
+                )
+            )
+    for key in [k for k in os.environ if k.startswith("RETRO_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETRO_DATABASE_URL", url)
+    monkeypatch.setattr(operator_cli, "SHOWN", 1)
+    result = CliRunner().invoke(cli, ["verify"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("retro: error: run ") and lines[0].split()[3] in corrupt
+    assert lines[1] == (
+        "retro: error: … and 1 more run that cannot be replayed (retro verify --json lists "
+        "them all)"
+    )
