@@ -470,7 +470,7 @@ def lines(name: str, retro: RetroSide, original: OriginalSide | None) -> list[st
         f"{label} retro:    healed {retro.healed}, runs {retro.states}, wall {retro.wall:.1f} s",
         f"{label} retro:    limit {retro.limit:.2f} s = jobs' own work {j.work:.2f} s "
         f"({j.count} jobs {j.by_queue}, {j.outcomes}) + longest unavoidable back-off chain "
-        f"{retro.chain:.1f} s; wall/limit {ratio:.1f} (target <= 1.5: {verdict(ratio <= 1.5)})",
+        f"{retro.chain:.1f} s; wall/limit {ratio:.2f} (target <= 1.5: {verdict(ratio <= 1.5)})",
         f"{label} retro:    where the wall went (runs' events): a job outstanding "
         f"{t.busy:.1f} s of the {retro.wall:.1f} s, none {retro.wall - t.busy:.1f} s; summed "
         f"over runs: request -> verdict {t.jobs:.1f} s, back-off {t.backoff:.1f} s "
