@@ -101,7 +101,8 @@ class StatusReport:
 
     @property
     def holding(self) -> list[InFlight]:
-        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off)."""
+        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off,
+        or in a back-off after a timeout whose job may still run)."""
         return [item for item in self.in_flight if runs.holds_slot(item.run)]
 
     @property

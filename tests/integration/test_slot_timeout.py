@@ -1,7 +1,8 @@
 """A job judged timed out (start-to-close) while BullMQ still runs it is still one of
 retro's jobs outstanding: its run, backing off for the retry, must not hand its
 ``max_in_flight`` slot to another run meanwhile (issue 10, point 4: the guarantee to
-the data provider). Found in review; the test is a strict xfail until fixed.
+the data provider). Found in review; ``Run.timed_out`` keeps the slot through the
+back-off, and the retry adopts the still-running job (same deterministic id).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from bullmq import Worker
 from redis.asyncio import Redis
 
@@ -23,11 +23,6 @@ from tests.outstanding import outstanding, queue_names
 BACKOFF = 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (review of issue 10): PhaseTimedOut clears job_id and RetryScheduled "
-    "releases the slot while BullMQ still runs the timed-out job",
-)
 async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) -> None:
     """A job that ran past its start-to-close budget is judged (``PhaseTimedOut``)
     and its run backs off, but BullMQ still has it active under a live worker: it
@@ -74,3 +69,4 @@ async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) ->
             await worker.close()
             await redis.aclose()
     assert len(ids) <= 1, (ids, second_state)
+    assert second_state == "pending"
