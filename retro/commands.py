@@ -101,14 +101,18 @@ class StatusReport:
 
     @property
     def holding(self) -> list[InFlight]:
-        """The ``in_flight`` runs that hold a ``max_in_flight`` slot (not in back-off)."""
-        return [item for item in self.in_flight if runs.holds_slot(item.run)]
+        """The ``in_flight`` runs at work on a phase, not in back-off: each holds a
+        ``max_in_flight`` slot (as does a back-off after a timeout, listed in
+        :attr:`backoff`)."""
+        return [item for item in self.in_flight if item.run.step is not Step.BACKOFF]
 
     @property
     def backoff(self) -> list[InFlight]:
-        """The ``in_flight`` runs sleeping out a retry back-off (holding no slot),
-        earliest retry (``run.not_before``, aware UTC) first."""
-        asleep = [item for item in self.in_flight if not runs.holds_slot(item.run)]
+        """The ``in_flight`` runs sleeping out a retry back-off, earliest retry
+        (``run.not_before``, aware UTC) first. They hold no slot, unless the last
+        attempt timed out (``run.timed_out``: its job may still run;
+        :func:`runs.holds_slot`)."""
+        asleep = [item for item in self.in_flight if item.run.step is Step.BACKOFF]
         return sorted(asleep, key=lambda item: item.run.not_before or item.run.updated_at)
 
 

@@ -16,7 +16,7 @@ from retro.commands import CancelReport, History, SeedReport, StatusReport
 from retro.config import mask
 from retro.machine import State, Waiting
 from retro.progress import Progress
-from retro.store.runs import Audit, EventRow
+from retro.store.runs import Audit, EventRow, holds_slot
 from retro.text import json_safe
 
 STATES = tuple(str(s) for s in State)
@@ -122,6 +122,7 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
                 "attempt": run.attempt,
                 "last_error": masked(run.last_error),
                 "retry_at": iso(run.not_before),
+                "holds_slot": holds_slot(run),
                 "retry_in_seconds": (
                     None
                     if run.not_before is None

@@ -210,9 +210,10 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
 
 
 def backoff_table(report: StatusReport, *, now: datetime) -> Table:
-    """The runs sleeping out a retry back-off: their last error and when the retry
-    is due (UTC, and in how many seconds from ``now``). They hold no
-    ``max_in_flight`` slot; a due retry waits for a free one."""
+    """The runs sleeping out a retry back-off: their last error, their slot and
+    when the retry is due (UTC, and in how many seconds from ``now``). They hold
+    no ``max_in_flight`` slot (a due retry waits for a free one), unless the last
+    attempt timed out: its job may still run, and the run keeps its slot."""
     table = Table(
         "run",
         "match",
@@ -220,8 +221,9 @@ def backoff_table(report: StatusReport, *, now: datetime) -> Table:
         "phase",
         "attempts made",
         "last error",
+        "slot",
         "retry due (UTC)",
-        title="In back-off (holding no slot; earliest retry first)",
+        title="In back-off (earliest retry first)",
     )
     for item in report.backoff:
         run = item.run
@@ -229,7 +231,8 @@ def backoff_table(report: StatusReport, *, now: datetime) -> Table:
         if run.not_before is not None:
             left = (run.not_before - now).total_seconds()
             when = run.not_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            due = f"{when} (in {left:.0f} s)" if left > 0 else f"{when} (due; waits for a slot)"
+            wait = "due" if run.timed_out else "due; waits for a slot"
+            due = f"{when} (in {left:.0f} s)" if left > 0 else f"{when} ({wait})"
         table.add_row(
             shown(run.id),
             shown(run.match_id),
@@ -237,6 +240,7 @@ def backoff_table(report: StatusReport, *, now: datetime) -> Table:
             str(run.phase),
             str(run.attempt),
             shown(run.last_error or "-"),
+            "kept: its timed-out job may still run" if run.timed_out else "none",
             due,
         )
     return table

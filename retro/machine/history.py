@@ -67,7 +67,7 @@ def evolve(run: Run, event: Event) -> Run:
             its phase, job id or attempt does not match the run.
     """
     state = target(run.state, event.TYPE, run.step)
-    entered = replace(run, state=state)
+    entered = replace(run, state=state, timed_out=run.timed_out and state is run.state)
     if state is not run.state and state not in TERMINAL:
         entered = replace(
             entered,
@@ -118,6 +118,7 @@ def _requested(event: Requested, run: Run, before: Run) -> Run:
         adopted_created_at=event.adopted_created_at,
         not_before=None,
         reenqueues=0,
+        timed_out=False,
     )
 
 
@@ -169,6 +170,7 @@ def _timed_out(event: PhaseTimedOut, run: Run, before: Run) -> Run:
         step=Step.FAILED,
         job_id=None,
         last_error=f"{event.phase} job ran longer than {event.budget:g} s",
+        timed_out=True,
         judged_created_at=_later(before.judged_created_at, event.job_created_at),
     )
 
@@ -182,7 +184,7 @@ def _retry_scheduled(event: RetryScheduled, run: Run, before: Run) -> Run:
 @_mutate.register(SettlementCompleted)
 @_mutate.register(SettlementSkipped)
 def _settled(event: Event, run: Run, before: Run) -> Run:
-    return replace(run, step=Step.FINISHED, job_id=None)
+    return replace(run, step=Step.FINISHED, job_id=None, timed_out=False)
 
 
 @_mutate.register(RunFailed)

@@ -207,6 +207,12 @@ class Run:
     version: int
     reenqueues: int = 0
     """Lost jobs re-enqueued since the last ``…Requested`` (``JobReenqueued`` events)."""
+    timed_out: bool = False
+    """The last verdict of this phase was a timeout (``PhaseTimedOut``) and its job may
+    still be running in BullMQ, so the run keeps its ``max_in_flight`` slot through
+    its back-off. Cleared by the next ``…Requested`` (which adopts that job if it is
+    still there), when the run changes state (a new phase, or an end) and when its
+    settlement phase finishes."""
 
     @property
     def phase(self) -> Phase | None:

@@ -74,6 +74,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "version": run.version,
         "reenqueues": run.reenqueues,
+        "timed_out": run.timed_out,
     }
 
 
@@ -98,6 +99,7 @@ def run_from_row(row: RowMapping) -> Run:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         reenqueues=row["reenqueues"],
+        timed_out=bool(row["timed_out"]),
         finished_at=row["finished_at"],
         version=row["version"],
     )
@@ -233,13 +235,15 @@ class Due:
 
 def holds_slot(run: Run) -> bool:
     """Whether ``run`` holds a ``max_in_flight`` slot: it is in flight (analyzing,
-    predicting, settling) and not sleeping out a retry back-off. It then has a job
-    requested, queued or active, or is entering or finishing a phase. The SQL
+    predicting, settling) and not sleeping out a retry back-off, unless that
+    back-off follows a timeout (``run.timed_out``: BullMQ may still run the job
+    judged, which the retry adopts). It then has a job requested, queued or
+    active (or possibly active), or is entering or finishing a phase. The SQL
     twin is :data:`HOLDS_SLOT_SQL`."""
-    return run.state in IN_FLIGHT and run.step is not Step.BACKOFF
+    return run.state in IN_FLIGHT and (run.step is not Step.BACKOFF or run.timed_out)
 
 
-HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND step != '{Step.BACKOFF}'"
+HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND (step != '{Step.BACKOFF}' OR timed_out)"
 """:func:`holds_slot` as a condition on ``backfill_runs``; it contains
 ``IN_FLIGHT_SQL`` literally, so the partial index ``ix_backfill_runs_in_flight``
 serves it."""
@@ -314,7 +318,11 @@ async def _starters(
         return [], []
     rows = await conn.execute(
         select(backfill_runs.c.id, backfill_runs.c.attempt, backfill_runs.c.next_check_at)
-        .where(text(IN_FLIGHT_SQL), backfill_runs.c.step == str(Step.BACKOFF))
+        .where(
+            text(IN_FLIGHT_SQL),
+            backfill_runs.c.step == str(Step.BACKOFF),
+            backfill_runs.c.timed_out.is_(False),  # a timed-out back-off holds its slot
+        )
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
     )
     resuming = [

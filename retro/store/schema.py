@@ -164,6 +164,7 @@ backfill_runs = Table(
     Column("finished_at", UTCDateTime()),
     Column("version", Integer, nullable=False),
     Column("reenqueues", Integer, nullable=False, server_default="0"),
+    Column("timed_out", Boolean, nullable=False, server_default=false()),
     Index("ix_backfill_runs_next_check_at", "next_check_at"),
     # The tick's in-flight lookup reads only these rows, however long the backlog.
     Index(

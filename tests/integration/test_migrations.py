@@ -8,8 +8,10 @@ are never created or touched by the upgrade.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,26 @@ from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from retro.store import db, migrate
-from retro.store.schema import HOST_TABLES, RETRO_TABLES, host_metadata, retro_metadata
+from retro.events import (
+    AnalysisRequested,
+    Event,
+    JobFailed,
+    PhaseTimedOut,
+    RetryScheduled,
+    RunFailed,
+    RunSeeded,
+    to_record,
+)
+from retro.machine import project
+from retro.store import db, migrate, runs
+from retro.store.schema import (
+    HOST_TABLES,
+    RETRO_TABLES,
+    backfill_events,
+    backfill_runs,
+    host_metadata,
+    retro_metadata,
+)
 from tests.conftest import Backend
 
 
@@ -193,3 +213,69 @@ async def test_upgrade_leaves_host_tables_and_host_alembic_alone(engine: AsyncEn
         )
     assert repr(host_after) == repr(host_before)
     await db.check(engine)  # host and retro tables are all there now
+
+
+# --- data migrations ----------------------------------------------------------------
+
+
+async def test_0004_marks_old_timed_out_runs_as_their_replay_does(engine: AsyncEngine) -> None:
+    """Histories written before 0004 (no ``timed_out`` column) upgrade to a
+    projection equal to their replay: a run whose last verdict was a timeout, in
+    step ``failed`` or ``backoff``, gets the mark (and keeps its slot); one retried
+    since, failed otherwise, or ended does not."""
+    t0 = datetime(2025, 5, 20, 19, 0, tzinfo=UTC)
+
+    def at(n: int) -> datetime:
+        return t0 + timedelta(minutes=n)
+
+    def history(run_id: str, *events: Event) -> list[Event]:
+        seeded = RunSeeded(
+            at=t0,
+            run_id=run_id,
+            match_id=f"m-{run_id}",
+            gaps=("missing_analysis",),
+            found=0,
+            expected=3,
+        )
+        requested = AnalysisRequested(at=at(1), job_id=f"analyze-retro-m-{run_id}", attempt=1)
+        return [seeded, requested, *events]
+
+    timed_out = PhaseTimedOut(at=at(2), phase="analysis", budget=90)
+    retry = RetryScheduled(at=at(2), phase="analysis", not_before=at(30))
+    histories = {
+        "backoff": history("backoff", timed_out, retry),
+        "judged": history("judged", timed_out),
+        "retried": history(
+            "retried",
+            timed_out,
+            retry,
+            AnalysisRequested(at=at(30), job_id="analyze-retro-m-retried", attempt=2),
+        ),
+        "failed": history("failed", JobFailed(at=at(2), phase="analysis", reason="quota"), retry),
+        "ended": history("ended", timed_out, RunFailed(at=at(3), reason="gave up")),
+    }
+    expected = {"backoff": True, "judged": True, "retried": False, "failed": False, "ended": False}
+    await migrate.upgrade(engine, "0003")
+    async with engine.begin() as conn:  # written as retro before 0004 wrote them
+        for run_id, events in histories.items():
+            for seq, event in enumerate(events, 1):
+                type_, data, when = to_record(event)
+                await conn.execute(
+                    backfill_events.insert().values(
+                        run_id=run_id, seq=seq, type=type_, data=json.dumps(data), at=when
+                    )
+                )
+            row = runs.run_row(project(events))
+            assert row.pop("timed_out") is expected[run_id]
+            await conn.execute(backfill_runs.insert().values(row))
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        audit = await runs.audit(conn)
+        assert (audit.ok, audit.runs, audit.drifted) == (True, len(histories), [])
+        stored = {run.id: run for run in await runs.list_runs(conn)}
+    assert {r: run.timed_out for r, run in stored.items()} == expected
+    assert {r for r, run in stored.items() if runs.holds_slot(run)} == {
+        "backoff",
+        "judged",
+        "retried",
+    }

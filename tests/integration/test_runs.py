@@ -24,6 +24,7 @@ from retro.events import (
     AnalysisSkipped,
     Event,
     JobFailed,
+    PhaseTimedOut,
     PredictionsCompleted,
     PredictionsRequested,
     PredictionsShort,
@@ -455,6 +456,50 @@ async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> N
         assert (await runs.due(conn, now=now, max_in_flight=holders)).resuming == []
         assert await runs.slot_free(conn, holders + 1)
         assert not await runs.slot_free(conn, holders)
+
+
+async def test_a_timed_out_backoff_keeps_its_slot(engine: AsyncEngine) -> None:
+    """A back-off after a timeout holds its slot (BullMQ may still run the job
+    judged), whether its retry is due or not, and is never offered a free one;
+    a back-off after a failure does not and is."""
+    now = T0 + timedelta(minutes=10)
+    for run_id, match_id, not_before in (("asleep", "m1", now + sec(3)), ("due", "m2", now)):
+        run = await in_analysis(engine, run_id, match_id, T0)
+        run = await append(
+            engine,
+            run,
+            PhaseTimedOut(at=T0, phase="analysis", budget=60),
+            RetryScheduled(at=T0, phase="analysis", not_before=not_before),
+        )
+        assert (run.step, run.timed_out, run.job_id) == (Step.BACKOFF, True, None)
+    await in_backoff(engine, "failed", "m3", T0, now - sec(1))
+    await append(engine, None, seeded("pending", "m4", T0))
+    async with engine.connect() as conn:
+        stored = {run.id: run for run in await runs.list_runs(conn)}
+        assert {r: runs.holds_slot(run) for r, run in stored.items()} == {
+            "asleep": True,
+            "due": True,
+            "failed": False,
+            "pending": False,
+        }
+        assert await runs.count_holding(conn) == 2  # the SQL twin agrees
+        assert not await runs.slot_free(conn, 2)
+        assert await runs.starters(conn, now=now, limit=10) == ["failed", "pending"]
+        due = await runs.due(conn, now=now, max_in_flight=2)
+        assert (sorted(due.in_flight), due.resuming, due.pending) == (["asleep", "due"], [], [])
+        due = await runs.due(conn, now=now, max_in_flight=3)
+        assert (due.resuming, due.pending) == (["failed"], [])
+    # Its retry adopts the job (same id) and clears the mark: it holds the slot by its job.
+    retried = await append(
+        engine,
+        stored["due"],
+        AnalysisRequested(at=now, job_id="analyze-retro-m2", attempt=2),
+    )
+    assert (retried.step, retried.timed_out) == (Step.JOB, False)
+    assert runs.holds_slot(retried)
+    async with engine.connect() as conn:
+        assert await runs.get(conn, "due") == retried
+        assert (await runs.audit(conn)).ok
 
 
 async def test_a_due_backoff_takes_a_slot_before_older_pending_runs(engine: AsyncEngine) -> None:

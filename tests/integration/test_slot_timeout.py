@@ -1,7 +1,8 @@
 """A job judged timed out (start-to-close) while BullMQ still runs it is still one of
 retro's jobs outstanding: its run, backing off for the retry, must not hand its
 ``max_in_flight`` slot to another run meanwhile (issue 10, point 4: the guarantee to
-the data provider). Found in review; the test is a strict xfail until fixed.
+the data provider). Found in review; ``Run.timed_out`` keeps the slot through the
+back-off, and the retry adopts the still-running job (same deterministic id).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from bullmq import Worker
 from redis.asyncio import Redis
+from rich.console import Console
 
 from retro import commands
 from retro.app import App
+from retro.cli.render import status_parts
 from retro.machine import Step
+from retro.report import status_json
 from tests.conftest import Backend, eventually
 from tests.integration.test_recovery import get_run, job_view, make_host, now, settings_for
 from tests.outstanding import outstanding, queue_names
@@ -23,11 +26,6 @@ from tests.outstanding import outstanding, queue_names
 BACKOFF = 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (review of issue 10): PhaseTimedOut clears job_id and RetryScheduled "
-    "releases the slot while BullMQ still runs the timed-out job",
-)
 async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) -> None:
     """A job that ran past its start-to-close budget is judged (``PhaseTimedOut``)
     and its run backs off, but BullMQ still has it active under a live worker: it
@@ -69,8 +67,21 @@ async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) ->
             assert (await job_view(app, run)).state == "active"  # yet still running
             ids = await outstanding(redis, backend.prefix, queue_names(settings))
             second_state = (await get_run(app, second)).state
+            # status lists it in back-off, keeping its slot
+            at = now()
+            status = await commands.status(app, now=at)
+            listed = ([i.run.id for i in status.holding], [i.run.id for i in status.backoff])
+            (entry,) = status_json(status, now=at)["backoff"]
+            console = Console(record=True, width=240)
+            for part in status_parts(status, now=at):
+                console.print(part)
+            text = console.export_text()
         finally:
             release.set()
             await worker.close()
             await redis.aclose()
     assert len(ids) <= 1, (ids, second_state)
+    assert second_state == "pending"
+    assert listed == ([], [first])
+    assert (entry["run_id"], entry["holds_slot"]) == (first, True)
+    assert "kept: its timed-out job may still run" in text

@@ -91,6 +91,7 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
             assert entry["last_error"] == "attempt-1 failure"
             assert entry["retry_at"] == iso(run.not_before)
             assert entry["retry_in_seconds"] == BACKOFF
+            assert entry["holds_slot"] is False  # a failure, not a timeout
             assert {item["run_id"] for item in document["in_flight"]} == {first, second}
             console = Console(record=True, width=240)
             for part in status_parts(status, now=failed_at):
