@@ -280,8 +280,8 @@ async def next_backoff_end(conn: AsyncConnection, *, now: datetime) -> datetime 
     """The earliest end (``not_before``, aware UTC) of a retry back-off still running
     at ``now``, or ``None`` when none is: when the daemon must look again at the
     latest (one query on the in-flight partial index). A back-off already over is
-    not one: its run waits for a free slot, and a slot is freed by a tick that
-    then looks again at once, so waking for it would only spin."""
+    not one: its run waits for a free slot, and the tick that frees a slot offers
+    it at once (its refill passes), so waking for it would only spin."""
     value: datetime | None = await conn.scalar(
         select(func.min(backfill_runs.c.next_check_at)).where(
             text(IN_FLIGHT_SQL),
