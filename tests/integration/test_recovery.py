@@ -47,7 +47,7 @@ from retro.store import migrate, runs
 from retro.store.db import create_engine
 from retro.store.facts import match_facts
 from retro.store.schema import matches
-from tests.conftest import Backend, eventually
+from tests.conftest import Backend, close_worker, eventually
 from tests.healing import DEMO_NOW, assert_healed
 
 MODELS = 2
@@ -212,7 +212,7 @@ async def test_failed_job_restored_from_a_snapshot_is_not_charged_to_the_next_at
         try:
             await eventually(lambda: _state_is(app, run, "failed"))
         finally:
-            await worker.close()
+            await close_worker(worker)
         first = await job_view(app, run)
         redis = Redis.from_url(app.redis_url)
         try:
@@ -304,7 +304,7 @@ async def test_a_running_job_adopted_by_the_retry_is_charged_to_the_retry(
             await eventually(lambda: _state_is(app, run, "failed"))
         finally:
             release.set()
-            await worker.close()
+            await close_worker(worker)
         await app.tick(now=now() + timedelta(seconds=2))  # JobFailed, RetryScheduled
         await app.tick(now=now() + timedelta(seconds=2))  # AnalysisRequested(3)
         events = await events_of(app, run_id)
@@ -424,7 +424,7 @@ async def test_active_job_of_a_dead_worker_is_not_timed_out_while_no_worker_cons
         )
         taken = await worker.moveToActive("dead-worker")
         assert taken is not None and taken.id == run.job_id
-        await worker.close()  # the worker process is gone
+        await close_worker(worker)  # the worker process is gone
         for _ in range(3):  # beyond the 0.3 s budget
             await app.tick(now=now())
             await asyncio.sleep(0.2)
@@ -764,21 +764,21 @@ async def test_an_unrecoverable_failure_ends_the_run_after_one_attempt(
     settings = settings_for(backend, retry_backoff=0, max_attempts=3, job_attempts=3)
     async with App(settings) as app:
         run_id = await seed_one(app)
-        await app.tick(now=now())
         calls: list[str] = []
 
         async def never(job: Any, token: str) -> None:
             calls.append(job.id)
             raise UnrecoverableError("fixture unknown to the data provider")
 
-        worker = Worker(
+        worker = Worker(  # consuming before the job comes, as a host's worker is
             settings.analysis_queue, never, {"connection": app.redis_url, "prefix": backend.prefix}
         )
         try:
+            await app.tick(now=now())
             run = await get_run(app, run_id)
             await eventually(lambda: _state_is(app, run, "failed"))
         finally:
-            await worker.close()
+            await close_worker(worker)
         await app.tick(now=now())
         events = await events_of(app, run_id)
     assert calls == [run.job_id]  # BullMQ's own attempts skipped too

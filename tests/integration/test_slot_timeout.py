@@ -19,7 +19,7 @@ from retro.app import App
 from retro.cli.render import status_parts
 from retro.machine import Step
 from retro.report import status_json
-from tests.conftest import Backend, eventually
+from tests.conftest import Backend, close_worker, eventually
 from tests.integration.test_recovery import get_run, job_view, make_host, now, settings_for
 from tests.outstanding import outstanding, queue_names
 
@@ -78,7 +78,7 @@ async def test_a_timed_out_job_still_running_keeps_its_slot(backend: Backend) ->
             text = console.export_text()
         finally:
             release.set()
-            await worker.close()
+            await close_worker(worker)
             await redis.aclose()
     assert len(ids) <= 1, (ids, second_state)
     assert second_state == "pending"

@@ -22,7 +22,7 @@ from retro.machine import Step
 from retro.report import iso, status_json
 from retro.scheduler import Daemon
 from retro.tick import TickReport
-from tests.conftest import Backend, eventually
+from tests.conftest import Backend, close_worker, eventually
 from tests.integration.test_recovery import (
     events_of,
     get_run,
@@ -70,7 +70,7 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
 
                 await eventually(failed)
             finally:
-                await worker.close()
+                await close_worker(worker)
 
             failed_at = now()
             report = await app.tick(now=failed_at)
@@ -161,7 +161,7 @@ async def test_the_daemon_ticks_when_a_backoff_ends_not_a_tick_interval_later(
 
                 await eventually(backing_off, timeout=interval / 2)
             finally:
-                await worker.close()
+                await close_worker(worker)
             async with workers(backend):
                 await asyncio.wait_for(running, timeout=interval / 2)
         finally:
@@ -204,7 +204,7 @@ async def test_a_due_back_off_waiting_for_a_slot_does_not_spin_the_daemon(
 
             await eventually(failed)
         finally:
-            await worker.close()
+            await close_worker(worker)
         await app.tick(now=now())  # the first backs off; the second takes the slot
         await app.tick(now=now())
         assert [(await get_run(app, r)).step for r in seeded].count(Step.BACKOFF) == 1

@@ -29,7 +29,7 @@ from retro.pipeline.workers import run_workers
 from retro.report import status_json
 from retro.store import migrate, runs
 from retro.store.db import create_engine
-from tests.conftest import Backend, eventually
+from tests.conftest import Backend, close_worker, eventually
 
 MODELS = 2
 JOB = "analyze-retro-M1"
@@ -381,7 +381,7 @@ async def test_an_active_job_whose_worker_died_shows_as_a_wait_not_healthy_silen
         )
         taken = await worker.moveToActive("dead-worker")
         assert taken is not None and taken.id == JOB
-        await worker.close()  # the worker process is gone
+        await close_worker(worker)  # the worker process is gone
         await eventually(lambda: _no_workers(app), timeout=10)
         await app.tick(now=now())
         document = status_json(await commands.status(app, now=now()), now=now())
