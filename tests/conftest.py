@@ -154,9 +154,16 @@ WORKER_CLOSE_SECONDS = 10.0
 
 async def close_worker(worker: Worker) -> None:
     """Close a python-bullmq ``Worker`` within :data:`WORKER_CLOSE_SECONDS`, then by
-    force: a worker stuck on a job or a blocking read must fail its test, not hang
-    the suite (``Worker.close`` itself has no deadline)."""
-    try:
-        await asyncio.wait_for(worker.close(), WORKER_CLOSE_SECONDS)
-    except TimeoutError:
-        await asyncio.wait_for(worker.close(force=True), WORKER_CLOSE_SECONDS)
+    force within as long again, or fail the test: a worker stuck on a job or on its
+    blocking read must fail its test, not hang the suite. ``Worker.close`` has no
+    deadline and swallows a cancellation while it waits (so ``asyncio.wait_for``
+    around it would hang too); it is awaited as a task with ``asyncio.wait``."""
+    closing = asyncio.ensure_future(worker.close())
+    done, _ = await asyncio.wait({closing}, timeout=WORKER_CLOSE_SECONDS)
+    if done:
+        closing.result()
+        return
+    forcing = asyncio.ensure_future(worker.close(force=True))
+    done, _ = await asyncio.wait({closing, forcing}, timeout=WORKER_CLOSE_SECONDS)
+    if closing not in done or forcing not in done:
+        pytest.fail(f"the bullmq Worker did not close within {2 * WORKER_CLOSE_SECONDS:g} s")
