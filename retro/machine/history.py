@@ -139,39 +139,38 @@ def _predictions_completed(event: PredictionsCompleted, run: Run, before: Run) -
 
 @_mutate.register
 def _predictions_short(event: PredictionsShort, run: Run, before: Run) -> Run:
-    return replace(
+    judged = _judged(
         run,
-        step=Step.FAILED,
-        job_id=None,
-        found=event.found,
-        expected=event.expected,
-        last_error=f"predictions job completed with {event.found}/{event.expected}",
-        judged_created_at=_later(before.judged_created_at, event.job_created_at),
+        before,
+        f"predictions job completed with {event.found}/{event.expected}",
+        event.job_created_at,
     )
+    return replace(judged, found=event.found, expected=event.expected)
 
 
 @_mutate.register
 def _job_failed(event: JobFailed, run: Run, before: Run) -> Run:
     _same_phase(event, before)
-    return replace(
-        run,
-        step=Step.FAILED,
-        job_id=None,
-        last_error=event.reason,
-        judged_created_at=_later(before.judged_created_at, event.job_created_at),
-    )
+    return _judged(run, before, event.reason, event.job_created_at)
 
 
 @_mutate.register
 def _timed_out(event: PhaseTimedOut, run: Run, before: Run) -> Run:
     _same_phase(event, before)
+    reason = f"{event.phase} job ran longer than {event.budget:g} s"
+    return replace(_judged(run, before, reason, event.job_created_at), timed_out=True)
+
+
+def _judged(run: Run, before: Run, reason: str, job_created_at: datetime | None) -> Run:
+    """``run`` after a verdict on its job (``JobFailed``, ``PhaseTimedOut``,
+    ``PredictionsShort``): the attempt failed with ``reason``, the job is behind the
+    run, and the latest job judged is remembered (DESIGN §4.1, stale leftovers)."""
     return replace(
         run,
         step=Step.FAILED,
         job_id=None,
-        last_error=f"{event.phase} job ran longer than {event.budget:g} s",
-        timed_out=True,
-        judged_created_at=_later(before.judged_created_at, event.job_created_at),
+        last_error=reason,
+        judged_created_at=_later(before.judged_created_at, job_created_at),
     )
 
 
