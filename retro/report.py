@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from retro.commands import CancelReport, History, SeedReport, StatusReport
+from retro.commands import CancelReport, History, InFlight, SeedReport, StatusReport
 from retro.config import mask
 from retro.machine import State, Waiting
 from retro.progress import Progress
@@ -85,6 +85,21 @@ def waiting_json(wait: Waiting) -> dict[str, Any]:
     }
 
 
+def _run_item(item: InFlight) -> dict[str, Any]:
+    """The fields every run entry of ``retro.status/1`` starts with (in flight or in
+    back-off): ids, teams, state, phase and attempt."""
+    run = item.run
+    return {
+        "run_id": run.id,
+        "match_id": run.match_id,
+        "home_team": item.home_team,
+        "away_team": item.away_team,
+        "state": str(run.state),
+        "phase": None if run.phase is None else str(run.phase),
+        "attempt": run.attempt,
+    }
+
+
 def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
     """``retro status --json`` (``retro.status/1``)."""
     in_flight = []
@@ -92,14 +107,8 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
         run = item.run
         since = run.requested_at or run.updated_at
         in_flight.append(
-            {
-                "run_id": run.id,
-                "match_id": run.match_id,
-                "home_team": item.home_team,
-                "away_team": item.away_team,
-                "state": str(run.state),
-                "phase": None if run.phase is None else str(run.phase),
-                "attempt": run.attempt,
+            _run_item(item)
+            | {
                 "job_id": run.job_id,
                 "job_state": item.job_state,
                 "waiting_for_worker": item.waiting_for_worker,
@@ -112,14 +121,8 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
     for item in report.backoff:
         run = item.run
         backoff.append(
-            {
-                "run_id": run.id,
-                "match_id": run.match_id,
-                "home_team": item.home_team,
-                "away_team": item.away_team,
-                "state": str(run.state),
-                "phase": None if run.phase is None else str(run.phase),
-                "attempt": run.attempt,
+            _run_item(item)
+            | {
                 "last_error": masked(run.last_error),
                 "retry_at": iso(run.not_before),
                 "holds_slot": holds_slot(run),
