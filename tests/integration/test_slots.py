@@ -37,6 +37,29 @@ from tests.outstanding import Sampler, queue_names
 BACKOFF = 30.0
 
 
+async def fail_predictions_job(app: App, backend: Backend, run_id: str) -> None:
+    """Fail ``run_id``'s outstanding predictions job with "attempt-1 failure" (a real
+    python-bullmq worker on the queue, closed once BullMQ has the job failed)."""
+
+    async def fail(job: Any, token: str) -> None:
+        raise RuntimeError("attempt-1 failure")
+
+    worker = Worker(
+        app.settings.predictions_queue,
+        fail,
+        {"connection": app.redis_url, "prefix": backend.prefix},
+    )
+    try:
+        run = await get_run(app, run_id)
+
+        async def failed() -> bool:
+            return (await job_view(app, run)).state == "failed"
+
+        await eventually(failed)
+    finally:
+        await close_worker(worker)
+
+
 async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
     backend: Backend,
 ) -> None:
@@ -54,23 +77,7 @@ async def test_a_backoff_releases_its_slot_and_takes_one_again_when_due(
             (first,) = [r for r, s in states.items() if s == "predicting"]
             (second,) = [r for r, s in states.items() if s == "pending"]  # the cap is 1
 
-            async def fail(job: Any, token: str) -> None:
-                raise RuntimeError("attempt-1 failure")
-
-            worker = Worker(
-                settings.predictions_queue,
-                fail,
-                {"connection": app.redis_url, "prefix": backend.prefix},
-            )
-            try:
-                run = await get_run(app, first)
-
-                async def failed() -> bool:
-                    return (await job_view(app, run)).state == "failed"
-
-                await eventually(failed)
-            finally:
-                await close_worker(worker)
+            await fail_predictions_job(app, backend, first)
 
             failed_at = now()
             report = await app.tick(now=failed_at)
@@ -188,23 +195,7 @@ async def test_a_due_back_off_waiting_for_a_slot_does_not_spin_the_daemon(
         await app.tick(now=now())
         (first,) = [r for r in seeded if (await get_run(app, r)).state == "predicting"]
 
-        async def fail(job: Any, token: str) -> None:
-            raise RuntimeError("attempt-1 failure")
-
-        worker = Worker(
-            settings.predictions_queue,
-            fail,
-            {"connection": app.redis_url, "prefix": backend.prefix},
-        )
-        try:
-            run = await get_run(app, first)
-
-            async def failed() -> bool:
-                return (await job_view(app, run)).state == "failed"
-
-            await eventually(failed)
-        finally:
-            await close_worker(worker)
+        await fail_predictions_job(app, backend, first)
         await app.tick(now=now())  # the first backs off; the second takes the slot
         await app.tick(now=now())
         assert [(await get_run(app, r)).step for r in seeded].count(Step.BACKOFF) == 1
