@@ -152,14 +152,7 @@ async def time_ticks(settings: list[Settings], ticks: int) -> list[TickFigures]:
                 if round_ >= 5:
                     elapsed[i].append((time.perf_counter() - t0) * 1000)
                     looked[i] += report.looked_at
-        counts = [
-            (
-                await commands.status(
-                    app,
-                )
-            ).counts
-            for app in apps
-        ]
+        counts = [(await commands.status(app)).counts for app in apps]
     figures = []
     for s, times, seen, count in zip(settings, elapsed, looked, counts, strict=True):
         times.sort()

@@ -113,9 +113,7 @@ def run(
                     described["redis"],
                 )
                 await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                counts = await commands.counts(
-                    retro,
-                )
+                counts = await commands.counts(retro)
                 logger.info(
                     "daemon stopped: runs %s",
                     ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",

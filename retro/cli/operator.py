@@ -129,9 +129,7 @@ def verify(
     audit = with_app(
         settings,
         verbose,
-        lambda retro: commands.verify(
-            retro,
-        ),
+        lambda retro: commands.verify(retro),
         redis=False,
     )
     if as_json:

@@ -83,11 +83,7 @@ async def partial_heal(backend: Backend, *, done_at_least: int) -> None:
         daemon = Daemon(app)
         try:
             deadline = time.monotonic() + 60
-            while (
-                await commands.status(
-                    app,
-                )
-            ).counts.get("done", 0) < done_at_least:
+            while (await commands.status(app)).counts.get("done", 0) < done_at_least:
                 assert time.monotonic() < deadline, "healing stalled"
                 await daemon.run_once()
                 await asyncio.sleep(0.05)
@@ -120,11 +116,7 @@ async def waiting_jobs(backend: Backend) -> list[tuple[str, Phase, str]]:
     async with App(settings_for(backend)) as app:
         assert app.queues is not None
         found = []
-        for item in (
-            await commands.status(
-                app,
-            )
-        ).in_flight:
+        for item in (await commands.status(app)).in_flight:
             run = item.run
             if run.job_id and run.phase and item.job_state in ("waiting", "prioritized"):
                 found.append((run.id, run.phase, run.job_id))
@@ -408,11 +400,7 @@ async def test_cancel_leaves_an_active_job_running_and_the_daemon_ignores_it(
         assert app.queues is not None
         daemon = Daemon(app)
         await daemon.run_once()
-        (item,) = (
-            await commands.status(
-                app,
-            )
-        ).in_flight
+        (item,) = (await commands.status(app)).in_flight
         run, phase, job_id = item.run, item.run.phase, item.run.job_id
         assert phase is not None and job_id is not None
         stop = asyncio.Event()
@@ -497,11 +485,7 @@ async def test_cancel_all_beside_a_running_daemon(tmp_path: Path, backend: Backe
         )
         try:
             deadline = time.monotonic() + 30
-            while (
-                await commands.status(
-                    app,
-                )
-            ).counts.get("done", 0) < 1:
+            while (await commands.status(app)).counts.get("done", 0) < 1:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             # a second App, as a separate `retro cancel` process would have

@@ -210,9 +210,7 @@ async def test_redis_that_denies_client_list_still_heals(
                 if await app.idle():
                     break
                 await asyncio.sleep(0.05)
-            report = await commands.status(
-                app,
-            )
+            report = await commands.status(app)
             assert set(report.workers.values()) == {None}
     finally:
         stop.set()

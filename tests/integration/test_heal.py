@@ -80,9 +80,7 @@ async def test_run_once_waits_without_workers_and_costs_no_attempt(backend: Back
         daemon = Daemon(app)
         for _ in range(5):
             await daemon.run_once()
-        report = await commands.status(
-            app,
-        )
+        report = await commands.status(app)
         assert len(report.in_flight) == 2
         for item in report.in_flight:
             assert item.run.attempt == 1

@@ -200,11 +200,7 @@ async def test_a_worker_that_always_fails_fails_each_run_once_then_rests(
             await until_idle(app)
         done = await all_runs(app)
         assert {r.state for r in done.values()} == {State.DONE}
-        assert (
-            await commands.verify(
-                app,
-            )
-        ).drifted == []
+        assert (await commands.verify(app)).drifted == []
 
         # Retry of a done run (or an unknown one) is refused and writes nothing.
         written = await event_count(app)
