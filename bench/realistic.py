@@ -68,7 +68,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench import harness
-from bench.baseline_seed import BaselineReport, baseline
+from bench.baseline_seed import TIMEOUTS, BaselineReport, baseline
 from bench.chaos import DEMO_NOW
 from retro import commands
 from retro.events import JobReenqueued, Requested, RetryScheduled, RunFailed, RunSeeded
@@ -98,6 +98,9 @@ FLAKY_DONE = text(
     "SELECT match_id, count(*) FROM predictions WHERE match_id IN :ids AND model_id IN :flaky "
     "GROUP BY match_id"
 ).bindparams(bindparam("ids", expanding=True), bindparam("flaky", expanding=True))
+
+ORIGINAL_SETUP_SECONDS = 600.0
+"""Seconds the original's side may take beyond its stage timeouts (seeding its copy)."""
 
 
 def say(line: str) -> None:
@@ -431,8 +434,17 @@ async def original_in_subprocess(name: str, args: argparse.Namespace) -> Origina
             args.postgres_url,
         ]
         proc = await asyncio.create_subprocess_exec(*command)
-        if await proc.wait() != 0:
-            raise RuntimeError(f"the original's side on {name} exited with {proc.returncode}")
+        # The original is bounded by its own stage timeouts: every stage of every
+        # match timing out, plus set-up; past that it is stuck, not slow.
+        bound = args.matches * sum(TIMEOUTS.values()) + ORIGINAL_SETUP_SECONDS
+        try:
+            code = await asyncio.wait_for(proc.wait(), bound)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"the original's side on {name} ran past {bound:.0f} s") from None
+        if code != 0:
+            raise RuntimeError(f"the original's side on {name} exited with {code}")
         return original_from_json(json.loads(out.read_text()))
 
 

@@ -543,7 +543,7 @@ async def test_a_backoff_and_a_pending_run_cannot_both_take_the_last_slot(
             taken.append(run.id)
 
     async def second() -> None:
-        await first_checked.wait()
+        await asyncio.wait_for(first_checked.wait(), 10)
         await take(
             starting,
             AnalysisRequested(at=now, job_id="analyze-retro-m2", attempt=1),
