@@ -111,7 +111,7 @@ class StatusReport:
         """The ``in_flight`` runs sleeping out a retry back-off, earliest retry
         (``run.not_before``, aware UTC) first. They hold no slot, unless the last
         attempt timed out (``run.timed_out``: its job may still run;
-        :func:`runs.holds_slot`)."""
+        :attr:`Run.holds_slot`)."""
         asleep = [item for item in self.in_flight if item.run.step is Step.BACKOFF]
         return sorted(asleep, key=lambda item: item.run.not_before or item.run.updated_at)
 

@@ -16,7 +16,7 @@ from retro.commands import CancelReport, History, InFlight, SeedReport, StatusRe
 from retro.config import mask
 from retro.machine import State, Waiting
 from retro.progress import Progress
-from retro.store.runs import Audit, EventRow, holds_slot
+from retro.store.runs import Audit, EventRow
 from retro.text import json_safe
 
 STATES = tuple(str(s) for s in State)
@@ -125,7 +125,7 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
             | {
                 "last_error": masked(run.last_error),
                 "retry_at": iso(run.not_before),
-                "holds_slot": holds_slot(run),
+                "holds_slot": run.holds_slot,
                 "retry_in_seconds": (
                     None
                     if run.not_before is None

@@ -264,7 +264,7 @@ class Ticker:
                 run = await runs.get(conn, run_id, lock=True)  # lock
                 if run is None or run.state in TERMINAL:
                     return  # gone, finished, or a rival daemon holds it
-                if not runs.holds_slot(run) and not await runs.slot_free(
+                if not run.holds_slot and not await runs.slot_free(
                     conn, self.settings.max_in_flight
                 ):
                     return  # pending, or its back-off is over: no slot free yet
@@ -307,7 +307,7 @@ class Ticker:
             report.freed += 1
         elif starting:
             report.started += 1
-        elif runs.holds_slot(planned.run) and not runs.holds_slot(planned.final):
+        elif planned.run.holds_slot and not planned.final.holds_slot:
             report.released += 1  # it backs off: this tick offers its slot at once
 
     async def _gather(self, run: Run, now: datetime) -> tuple[Facts, MatchFacts | None]:

@@ -218,3 +218,13 @@ class Run:
     def phase(self) -> Phase | None:
         """The phase the run is in, or ``None`` (pending or terminal)."""
         return PHASE_OF.get(self.state)
+
+    @property
+    def holds_slot(self) -> bool:
+        """Whether the run holds a ``max_in_flight`` slot: it is in flight (analyzing,
+        predicting, settling) and not sleeping out a retry back-off, unless that
+        back-off follows a timeout (``timed_out``: BullMQ may still run the job
+        judged, which the retry adopts). It then has a job requested, queued or
+        active (or possibly active), or is entering or finishing a phase. The SQL
+        twin is :data:`retro.store.runs.HOLDS_SLOT_SQL`."""
+        return self.state in IN_FLIGHT and (self.step is not Step.BACKOFF or self.timed_out)

@@ -233,18 +233,8 @@ class Due:
     pending: list[str]
 
 
-def holds_slot(run: Run) -> bool:
-    """Whether ``run`` holds a ``max_in_flight`` slot: it is in flight (analyzing,
-    predicting, settling) and not sleeping out a retry back-off, unless that
-    back-off follows a timeout (``run.timed_out``: BullMQ may still run the job
-    judged, which the retry adopts). It then has a job requested, queued or
-    active (or possibly active), or is entering or finishing a phase. The SQL
-    twin is :data:`HOLDS_SLOT_SQL`."""
-    return run.state in IN_FLIGHT and (run.step is not Step.BACKOFF or run.timed_out)
-
-
 HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND (step != '{Step.BACKOFF}' OR timed_out)"
-""":func:`holds_slot` as a condition on ``backfill_runs``; it contains
+""":attr:`retro.machine.Run.holds_slot` as a condition on ``backfill_runs``; it contains
 ``IN_FLIGHT_SQL`` literally, so the partial index ``ix_backfill_runs_in_flight``
 serves it."""
 
@@ -254,7 +244,7 @@ async def due(
 ) -> Due:
     """Runs a tick should look at, within the ``max_in_flight`` cap (aware UTC ``now``).
 
-    Every run that holds a slot (:func:`holds_slot`) is due. The free slots
+    Every run that holds a slot (:attr:`Run.holds_slot`) is due. The free slots
     (``max_in_flight`` less the holders) are offered by :func:`starters`: first to
     runs whose back-off is over, then to pending runs. ``next_check_at`` is a
     deadline only for a back-off: elsewhere it is when the run last changed, and a
@@ -357,7 +347,7 @@ async def count_in_flight(conn: AsyncConnection) -> int:
 
 
 async def count_holding(conn: AsyncConnection) -> int:
-    """Runs that hold a ``max_in_flight`` slot (:func:`holds_slot`)."""
+    """Runs that hold a ``max_in_flight`` slot (:attr:`Run.holds_slot`)."""
     value = await conn.scalar(
         select(func.count()).select_from(backfill_runs).where(text(HOLDS_SLOT_SQL))
     )

@@ -274,7 +274,7 @@ async def test_0004_marks_old_timed_out_runs_as_their_replay_does(engine: AsyncE
         assert (audit.ok, audit.runs, audit.drifted) == (True, len(histories), [])
         stored = {run.id: run for run in await runs.list_runs(conn)}
     assert {r: run.timed_out for r, run in stored.items()} == expected
-    assert {r for r, run in stored.items() if runs.holds_slot(run)} == {
+    assert {r for r, run in stored.items() if run.holds_slot} == {
         "backoff",
         "judged",
         "retried",

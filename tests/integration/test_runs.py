@@ -444,7 +444,7 @@ async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> N
         assert steps["entering"] == (State.PREDICTING, Step.ENTER)
         assert steps["finishing"] == (State.SETTLING, Step.FINISHED)
         assert steps["failed"] == (State.ANALYZING, Step.FAILED)
-        assert {run.id: runs.holds_slot(run) for run in stored} == expected
+        assert {run.id: run.holds_slot for run in stored} == expected
         holders = sum(expected.values())
         assert await runs.count_holding(conn) == holders  # the SQL twin agrees
         assert await runs.count_in_flight(conn) == holders + 2  # plus the back-offs
@@ -476,7 +476,7 @@ async def test_a_timed_out_backoff_keeps_its_slot(engine: AsyncEngine) -> None:
     await append(engine, None, seeded("pending", "m4", T0))
     async with engine.connect() as conn:
         stored = {run.id: run for run in await runs.list_runs(conn)}
-        assert {r: runs.holds_slot(run) for r, run in stored.items()} == {
+        assert {r: run.holds_slot for r, run in stored.items()} == {
             "asleep": True,
             "due": True,
             "failed": False,
@@ -496,7 +496,7 @@ async def test_a_timed_out_backoff_keeps_its_slot(engine: AsyncEngine) -> None:
         AnalysisRequested(at=now, job_id="analyze-retro-m2", attempt=2),
     )
     assert (retried.step, retried.timed_out) == (Step.JOB, False)
-    assert runs.holds_slot(retried)
+    assert retried.holds_slot
     async with engine.connect() as conn:
         assert await runs.get(conn, "due") == retried
         assert (await runs.audit(conn)).ok

@@ -24,7 +24,6 @@ from retro.events import (
     SettlementSkipped,
 )
 from retro.machine import Run, project
-from retro.store.runs import holds_slot
 
 T0 = datetime(2025, 5, 20, 19, 0, tzinfo=UTC)
 SEEDED = RunSeeded(
@@ -59,7 +58,7 @@ def test_a_timeout_marks_the_run_until_its_retry_is_requested() -> None:
     assert [r.timed_out for r in runs] == [False, True, True, False, False, False]
     # the slot: held by the job, by the judged timeout and its back-off, not by a
     # back-off after a failure
-    assert [holds_slot(r) for r in runs] == [True, True, True, True, True, False]
+    assert [r.holds_slot for r in runs] == [True, True, True, True, True, False]
 
 
 def test_a_new_phase_clears_the_mark() -> None:
@@ -97,4 +96,4 @@ def test_an_end_clears_the_mark() -> None:
             end,
         )
         assert [r.timed_out for r in runs] == [False, True, False]
-        assert not holds_slot(runs[-1])
+        assert not runs[-1].holds_slot
