@@ -45,7 +45,8 @@ from retro.store.db import require_sqlite_file
     type=click.IntRange(1, 10_000),
     envvar="RETRO_MAX_IN_FLIGHT",
     show_envvar=True,
-    help="Runs holding a slot at once (a job outstanding; a run in retry back-off holds none).",
+    help="Runs holding a slot at once (work outstanding; a retry back-off holds none "
+    "unless its job timed out).",
 )
 @click.option(
     "--tick-interval",
