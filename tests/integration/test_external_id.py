@@ -8,8 +8,6 @@ workers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +21,11 @@ from retro.events import Phase
 from retro.machine import NO_EXTERNAL_ID, State
 from retro.pipeline import host
 from retro.pipeline.host_rows import AnalysisRow, MatchRow, ModelRow, iso_utc
-from retro.pipeline.workers import run_workers
 from retro.store import migrate, runs
 from retro.store.db import create_engine
 from tests.conftest import Backend, eventually
+from tests.integration.test_recovery import settings_for as recovery_settings
+from tests.integration.test_recovery import workers
 
 MATCH = "M1"
 
@@ -53,28 +52,8 @@ async def make_host(backend: Backend, *, external_id: str | None, analysis: bool
 
 
 def settings_for(backend: Backend, **more: Any) -> Settings:
-    return Settings(
-        database_url=backend.database_url,
-        redis_url=backend.redis_url,
-        queue_prefix=backend.prefix,
-        retry_backoff=0,
-        max_attempts=3,
-        **more,
-    )
-
-
-@asynccontextmanager
-async def workers(backend: Backend) -> AsyncIterator[None]:
-    """The reference workers on the three queues, for the body of the ``with``."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_workers(backend.database_url, backend.redis_url, prefix=backend.prefix, stop=stop)
-    )
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    """The test settings of :mod:`tests.integration.test_recovery`, retries at once."""
+    return recovery_settings(backend, retry_backoff=0, max_attempts=3, **more)
 
 
 async def analysis_jobs(app: App) -> int:
