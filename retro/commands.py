@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from retro.app import App
+from retro.backfill import Backfill, os_user
 from retro.config import mask
 from retro.errors import UsageError
 from retro.events import Phase, RunCancelled, RunSeeded
@@ -35,7 +36,7 @@ from retro.machine import (
 )
 from retro.progress import DEFAULT_WINDOW, Progress, measure
 from retro.queue import UNSTARTED_STATES
-from retro.store import gaps, runs
+from retro.store import backfills, gaps, runs
 from retro.store.facts import match_facts
 from retro.store.runs import EventRow
 from retro.tick import wait_of
@@ -71,6 +72,8 @@ class SeedReport:
     seeded: list[str]
     dry_run: bool
     cannot_heal: dict[str, str] = field(default_factory=dict)
+    backfill: Backfill | None = None
+    """The backfill the seeded runs belong to; ``None`` when nothing was seeded."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,11 @@ async def start(
     dry_run: bool = False,
     until: datetime | None = None,
     reprocess: str = "missing",
+    label: str | None = None,
+    created_by: str | None = None,
 ) -> SeedReport:
-    """Scan ``[until - days, until]`` for gap matches and seed one run per match.
+    """Scan ``[until - days, until]`` for gap matches and seed one run per match,
+    as one backfill (:mod:`retro.backfill`).
 
     ``now`` (aware UTC) stamps the events and measures the cooldown;
     ``until`` ends the window (default ``now``; the demo replays 2025).
@@ -140,6 +146,10 @@ async def start(
     inside the cooldown, is not seeded again. ``reprocess`` widens that:
     ``missing`` (default) seeds gaps only; ``failed`` also seeds gap matches
     whose last run failed inside the cooldown; ``all`` ignores the cooldown.
+
+    The backfill (``label``, default ``"<from>..<to>"`` of the window in days;
+    ``created_by``, default the OS user) is written in the transaction of its
+    first ``RunSeeded``: a start that seeds nothing creates no backfill.
     """
     scan_started = time.perf_counter()
     async with app.engine.begin() as conn:
@@ -154,6 +164,16 @@ async def start(
         )
     app.metrics.scanned(scan, time.perf_counter() - scan_started)
     seeded: list[str] = []
+    backfill = Backfill(
+        id=app.new_id(),
+        label=label or f"{scan.since:%Y-%m-%d}..{scan.until:%Y-%m-%d}",
+        window_from=scan.since,
+        window_to=scan.until,
+        created_at=now,
+        created_by=created_by or os_user(),
+        options={"reprocess": reprocess, "days": days},
+        gap_counts={str(kind): n for kind, n in scan.by_kind().items()},
+    )
     if not dry_run:
         for gap in scan.gaps:
             event = RunSeeded(
@@ -163,9 +183,12 @@ async def start(
                 gaps=tuple(str(k) for k in gap.kinds),
                 found=gap.found,
                 expected=gap.expected,
+                backfill_id=backfill.id,
             )
             try:
                 async with app.engine.begin() as conn:
+                    if not seeded:
+                        await backfills.create(conn, backfill)
                     await runs.append(conn, None, [event])
             except runs.LiveRunExists:
                 log.info(
@@ -200,7 +223,13 @@ async def start(
             )
         )
     }
-    return SeedReport(scan=scan, seeded=seeded, dry_run=dry_run, cannot_heal=doomed)
+    return SeedReport(
+        scan=scan,
+        seeded=seeded,
+        dry_run=dry_run,
+        cannot_heal=doomed,
+        backfill=backfill if seeded else None,
+    )
 
 
 async def retry(app: App, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:

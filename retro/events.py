@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from retro.backfill import LEGACY_BACKFILL_ID
+
 
 class Phase(StrEnum):
     """A stage of the host pipeline, as retro drives it."""
@@ -53,7 +55,8 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSeeded(Event):
-    """A gap was found and a run created for it (the gap facts as found)."""
+    """A gap was found and a run created for it (the gap facts as found), as part
+    of the backfill ``backfill_id`` (:mod:`retro.backfill`)."""
 
     TYPE: ClassVar[str] = "RunSeeded"
     run_id: str
@@ -61,6 +64,10 @@ class RunSeeded(Event):
     gaps: tuple[str, ...]
     found: int
     expected: int
+    backfill_id: str = LEGACY_BACKFILL_ID
+    """Upcast: a ``RunSeeded`` stored before backfills existed (migration 0005) has
+    no ``backfill_id``; it replays as part of the legacy backfill, which the
+    migration created for exactly those runs."""
 
 
 @dataclass(frozen=True, kw_only=True)

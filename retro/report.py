@@ -240,6 +240,9 @@ def start_json(report: SeedReport) -> dict[str, Any]:
         "skipped": [{"match_id": r.match_id, "reason": masked(r.reason)} for r in scan.skipped],
         "would_seed": len(scan.gaps) if report.dry_run else None,
         "seeded": list(report.seeded),
+        "backfill": None
+        if report.backfill is None
+        else {"id": report.backfill.id, "label": report.backfill.label},
     }
 
 

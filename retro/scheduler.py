@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from retro import commands, jobids
 from retro.app import App
+from retro.backfill import SCAN_LABEL
 from retro.config import error_line
 from retro.errors import UsageError
 from retro.tick import TickReport, unreachable
@@ -161,7 +162,9 @@ class Daemon:
 
     async def scan(self) -> None:
         """Seed runs for new gaps (the periodic ``scan`` job)."""
-        report = await commands.start(self.app, days=self.scan_days, now=self.clock())
+        report = await commands.start(
+            self.app, days=self.scan_days, now=self.clock(), label=SCAN_LABEL
+        )
         if report.seeded:
             log.info("scan seeded %d run(s)", len(report.seeded))
             self.wake()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from retro import commands
+from retro.backfill import LEGACY_LABEL, SCAN_LABEL
 from retro.cli.common import (
     connection_options,
     emit,
@@ -34,6 +35,19 @@ SHOWN = 20
 """Runs ``retro verify`` names in its text output per finding (``--json`` has all)."""
 
 
+def _label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A backfill label: 1 to 80 printable characters, not the reserved ``scan`` (the
+    periodic scan's) nor ``before-backfills`` (runs from before backfills)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not 1 <= len(text) <= 80 or not text.isprintable():
+        raise click.BadParameter("a label is 1 to 80 printable characters")
+    if text in (SCAN_LABEL, LEGACY_LABEL):
+        raise click.BadParameter(f"{text!r} is reserved for retro's own backfills")
+    return text
+
+
 @click.command()
 @click.option(
     "--days",
@@ -53,12 +67,19 @@ SHOWN = 20
     help="missing: gaps without a recent run; failed: also gaps whose last run failed "
     "within the cooldown; all: ignore the cooldown.",
 )
+@click.option(
+    "--label",
+    callback=_label,
+    default=None,
+    help="Name the backfill (e.g. INC-123); default: its window, <from>..<to>.",
+)
 @json_option
 @connection_options
 def start(
     days: int,
     dry_run: bool,
     reprocess: str,
+    label: str | None,
     as_json: bool,
     database_url: str | None,
     redis_url: str | None,
@@ -72,7 +93,7 @@ def start(
         settings,
         verbose,
         lambda retro: commands.start(
-            retro, days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess
+            retro, days=days, now=utcnow(), dry_run=dry_run, reprocess=reprocess, label=label
         ),
         redis=False,
     )

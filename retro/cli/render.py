@@ -105,8 +105,13 @@ def render_start(report: SeedReport) -> None:
     if report.dry_run:
         out.print(f"Dry run: would seed {plural(len(scan.gaps), 'run')}; nothing written.")
     elif report.seeded:
+        named = (
+            ""
+            if report.backfill is None
+            else (f" as backfill {report.backfill.id} ({shown(report.backfill.label)})")
+        )
         out.print(
-            f"Seeded {plural(len(report.seeded), 'run')}. `retro run` heals them; "
+            f"Seeded {plural(len(report.seeded), 'run')}{named}. `retro run` heals them; "
             "`retro status` shows progress."
         )
     if not scan.gaps:

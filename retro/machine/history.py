@@ -52,6 +52,7 @@ def seed(event: RunSeeded) -> Run:
         updated_at=event.at,
         finished_at=None,
         version=1,
+        backfill_id=event.backfill_id,
     )
 
 

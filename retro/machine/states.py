@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from retro.backfill import LEGACY_BACKFILL_ID
 from retro.events import Phase
 
 
@@ -213,6 +214,8 @@ class Run:
     its back-off. Cleared by the next ``…Requested`` (which adopts that job if it is
     still there), when the run changes state (a new phase, or an end) and when its
     settlement phase finishes."""
+    backfill_id: str = LEGACY_BACKFILL_ID
+    """The backfill that seeded the run (``RunSeeded.backfill_id``)."""
 
     @property
     def phase(self) -> Phase | None:

@@ -75,6 +75,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "version": run.version,
         "reenqueues": run.reenqueues,
         "timed_out": run.timed_out,
+        "backfill_id": run.backfill_id,
     }
 
 
@@ -100,6 +101,7 @@ def run_from_row(row: RowMapping) -> Run:
         updated_at=row["updated_at"],
         reenqueues=row["reenqueues"],
         timed_out=bool(row["timed_out"]),
+        backfill_id=row["backfill_id"],
         finished_at=row["finished_at"],
         version=row["version"],
     )

@@ -6,9 +6,10 @@ exactly. retro only reads them; they are declared here so queries can be built
 and the embedded demo can create them. Host deployments may have extra columns;
 nothing here selects ``*``.
 
-retro's own tables (`backfill_runs`, the projection, and `backfill_events`, the
-append-only log) live in :data:`retro_metadata` and are created and migrated by
-Alembic (``retro db upgrade``).
+retro's own tables (`backfill_runs`, the projection, `backfill_events`, the
+append-only log, and `backfills` with `backfill_actions`, the backfills that
+seeded the runs: :mod:`retro.backfill`) live in :data:`retro_metadata` and are
+created and migrated by Alembic (``retro db upgrade``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.types import TypeDecorator
+
+from retro.backfill import LEGACY_BACKFILL_ID
 
 host_metadata = MetaData()
 retro_metadata = MetaData()
@@ -165,7 +168,9 @@ backfill_runs = Table(
     Column("version", Integer, nullable=False),
     Column("reenqueues", Integer, nullable=False, server_default="0"),
     Column("timed_out", Boolean, nullable=False, server_default=false()),
+    Column("backfill_id", Text, nullable=False, server_default=LEGACY_BACKFILL_ID),
     Index("ix_backfill_runs_next_check_at", "next_check_at"),
+    Index("ix_backfill_runs_backfill_id", "backfill_id", "state"),
     # The tick's in-flight lookup reads only these rows, however long the backlog.
     Index(
         "ix_backfill_runs_in_flight",
@@ -194,6 +199,35 @@ backfill_events = Table(
     Column("data", Text, nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     UniqueConstraint("run_id", "seq", name="uq_backfill_events_run_seq"),
+)
+
+backfills = Table(
+    "backfills",
+    retro_metadata,
+    Column("id", Text, primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("window_from", UTCDateTime()),
+    Column("window_to", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("options", Text, nullable=False),  # JSON object
+    Column("gap_counts", Text, nullable=False),  # JSON object: gap kind -> matches
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("cancelled_at", UTCDateTime()),
+    Index("ix_backfills_label", "label"),
+    Index("ix_backfills_created_at", "created_at"),
+)
+
+backfill_actions = Table(
+    "backfill_actions",
+    retro_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("backfill_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", Text, nullable=False),  # JSON object
+    Column("by", Text, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_backfill_actions_backfill_id", "backfill_id", "id"),
 )
 
 HOST_TABLES: tuple[str, ...] = tuple(host_metadata.tables)

@@ -33,7 +33,7 @@ from retro.events import (
     to_record,
 )
 from retro.machine import project
-from retro.store import db, migrate, runs
+from retro.store import backfills, db, migrate, runs
 from retro.store.schema import (
     HOST_TABLES,
     RETRO_TABLES,
@@ -267,6 +267,7 @@ async def test_0004_marks_old_timed_out_runs_as_their_replay_does(engine: AsyncE
                 )
             row = runs.run_row(project(events))
             assert row.pop("timed_out") is expected[run_id]
+            del row["backfill_id"]  # added by 0005
             await conn.execute(backfill_runs.insert().values(row))
     await migrate.upgrade(engine)
     async with engine.connect() as conn:
@@ -279,3 +280,49 @@ async def test_0004_marks_old_timed_out_runs_as_their_replay_does(engine: AsyncE
         "judged",
         "retried",
     }
+
+
+async def test_0005_puts_runs_from_before_backfills_in_the_legacy_backfill(
+    engine: AsyncEngine,
+) -> None:
+    """Runs written before 0005 (no ``backfill_id`` anywhere: not in the row, not in
+    their ``RunSeeded``) upgrade into one backfill, ``legacy``, whose gap counts are
+    counted from the runs; their replay (the upcast) equals the stored projection."""
+    t0 = datetime(2025, 5, 20, 19, 0, tzinfo=UTC)
+    gaps = {"a": ("missing_analysis", "unscored"), "b": ("unscored",)}
+    await migrate.upgrade(engine, "0004")
+    async with engine.begin() as conn:  # written as retro before 0005 wrote them
+        for n, (run_id, kinds) in enumerate(gaps.items()):
+            seeded = RunSeeded(
+                at=t0 + timedelta(minutes=n),
+                run_id=run_id,
+                match_id=f"m-{run_id}",
+                gaps=kinds,
+                found=0,
+                expected=3,
+            )
+            type_, data, when = to_record(seeded)
+            del data["backfill_id"]
+            await conn.execute(
+                backfill_events.insert().values(
+                    run_id=run_id, seq=1, type=type_, data=json.dumps(data), at=when
+                )
+            )
+            row = runs.run_row(project([seeded]))
+            del row["backfill_id"]
+            await conn.execute(backfill_runs.insert().values(row))
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        audit = await runs.audit(conn)
+        assert (audit.ok, audit.runs, audit.drifted) == (True, 2, [])
+        assert {run.backfill_id for run in await runs.list_runs(conn)} == {"legacy"}
+        legacy = await backfills.get(conn, "legacy")
+    assert legacy is not None
+    assert (legacy.label, legacy.created_at, legacy.window_from) == ("before-backfills", t0, None)
+    assert legacy.gap_counts == {"missing_analysis": 1, "unscored": 2}
+
+
+async def test_0005_on_an_empty_store_creates_no_legacy_backfill(engine: AsyncEngine) -> None:
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        assert await backfills.all_backfills(conn) == []
