@@ -39,6 +39,7 @@ from retro.errors import UsageError
 from retro.machine import LIVE, TERMINAL, Run, State
 from retro.store import backfills, runs
 from retro.store.listing import Listed, backfills_labelled, find_runs, runs_with_prefix
+from retro.text import escape
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -330,7 +331,8 @@ def _when(instant: datetime) -> str:
 
 def _describe(run: Run) -> str:
     """``3f2a9c1b4d5e (match m-1, done, created 2025-05-26 12:00:00 UTC)``."""
-    return f"{run.id} (match {run.match_id}, {run.state}, created {_when(run.created_at)})"
+    match = escape(run.match_id)  # host text: a newline in it stays visible, one line
+    return f"{escape(run.id)} (match {match}, {run.state}, created {_when(run.created_at)})"
 
 
 def _listing(found: Sequence[Run], total: int) -> str:
