@@ -332,16 +332,20 @@ def _since(previous: datetime, at: datetime) -> str:
 def render_history(found: History) -> None:
     """Each run's events: seq, time (UTC), time since the previous event, type, data."""
     if found.resolved_as == "match":
-        out.print(shown(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"))
+        out.print(
+            shown(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"),
+            soft_wrap=True,
+        )
     for item in found.runs:
         run, events = item.run, item.events
         total = (events[-1].at - events[0].at).total_seconds() if events else 0.0
-        table = Table(
+        table = IdTable(
             "seq",
             "time (UTC)",
             "+since prev",
             "event",
             "data",
+            tokens={"data"},  # job_id=…, match_id=…: words that carry ids
             title=shown(
                 f"Run {run.id} (match {run.match_id}): {run.state}, "
                 f"{plural(len(events), 'event')} over {_secs(total)}"

@@ -11,6 +11,11 @@ when it is printed, at the console's width:
   ids first, each ``header id`` whole on a line (several on one line when they fit),
   then the other columns as ``header: value`` text wrapped below, indented.
 
+A *token* column holds words that carry ids (``retro history``'s event data:
+``job_id=analyze-retro-m-1 attempt=2``): it wraps between words, never inside one.
+In a table it is given a fixed width no narrower than its longest word (Rich then
+narrows only the other columns); in a block its words wrap like any text.
+
 An id longer than the whole width cannot show on one line; it folds like any text.
 """
 
@@ -40,6 +45,7 @@ class IdTable:
     Args:
         headers: the column headers, left to right.
         ids: the headers of the columns that hold ids.
+        tokens: the headers of the columns whose words must stay whole.
         title: shown above the rows.
 
     Raises:
@@ -47,13 +53,20 @@ class IdTable:
     """
 
     def __init__(
-        self, *headers: str, ids: Collection[str] = (), title: str | Text | None = None
+        self,
+        *headers: str,
+        ids: Collection[str] = (),
+        tokens: Collection[str] = (),
+        title: str | Text | None = None,
     ) -> None:
-        unknown = set(ids) - set(headers)
+        unknown = (set(ids) | set(tokens)) - set(headers)
         if unknown:
-            raise ValueError(f"id columns {sorted(unknown)} are not among {headers}")
+            raise ValueError(f"columns {sorted(unknown)} are not among {headers}")
         self.headers = headers
         self.id_columns = frozenset(i for i, header in enumerate(headers) if header in ids)
+        self.token_columns = frozenset(
+            i for i, header in enumerate(headers) if header in tokens and header not in ids
+        )
         self.title = title
         self.rows: list[tuple[Text, ...]] = []
 
@@ -77,31 +90,49 @@ class IdTable:
         cells = (row[index].cell_len for row in self.rows)
         return max(Text(self.headers[index]).cell_len, *cells, 0)
 
+    def _longest_word(self, index: int) -> int:
+        """The widest word (between spaces) of column ``index``, header included."""
+        texts = [self.headers[index], *(row[index].plain for row in self.rows)]
+        return max((Text(word).cell_len for text in texts for word in text.split()), default=0)
+
+    def _floor(self, index: int) -> int:
+        """The narrowest column ``index`` may get in a table (:meth:`fits`)."""
+        natural = self._natural(index)
+        if index in self.id_columns:
+            return natural
+        floor = min(natural, max(MIN_OTHER, natural // MIN_SHARE))
+        if index in self.token_columns:
+            return max(floor, self._longest_word(index))
+        return floor
+
     def fits(self, width: int) -> bool:
-        """Whether a table ``width`` cells wide shows every id whole and keeps of every
-        other column :data:`MIN_OTHER` characters or 1/:data:`MIN_SHARE` of its
-        widest cell, whichever is more (all of it, if that is less).
+        """Whether a table ``width`` cells wide shows every id whole, keeps every
+        token column's words whole, and keeps of every other column :data:`MIN_OTHER`
+        characters or 1/:data:`MIN_SHARE` of its widest cell, whichever is more (all
+        of it, if that is less).
 
         The default box draws ``3 * columns + 1`` cells of rules and padding. Rich
         narrows the widest foldable columns first, so when this holds it never
         has to narrow an id column.
         """
-        need = 3 * len(self.headers) + 1
-        for index in range(len(self.headers)):
-            natural = self._natural(index)
-            if index in self.id_columns:
-                need += natural
-            else:
-                need += min(natural, max(MIN_OTHER, natural // MIN_SHARE))
+        need = 3 * len(self.headers) + 1 + sum(map(self._floor, range(len(self.headers))))
         return need <= width
 
-    def table(self) -> Table:
-        """The rows as a Rich ``Table``: id columns unwrapped, at least as wide as their
-        longest id; other columns folded."""
+    def table(self, width: int | None = None) -> Table:
+        """The rows as a Rich ``Table`` for a console ``width`` cells wide: id columns
+        unwrapped, at least as wide as their longest id; token columns as wide as
+        the table lets them be beside the other columns' natural widths, but never
+        narrower than their longest word; other columns folded."""
+        natural = [self._natural(i) for i in range(len(self.headers))]
+        excess = 0 if width is None else 3 * len(self.headers) + 1 + sum(natural) - width
         table = Table(title=self.title)
         for index, header in enumerate(self.headers):
             if index in self.id_columns:
-                table.add_column(header, no_wrap=True, min_width=self._natural(index))
+                table.add_column(header, no_wrap=True, min_width=natural[index])
+            elif index in self.token_columns:
+                fixed = max(self._floor(index), natural[index] - max(excess, 0))
+                excess -= natural[index] - fixed
+                table.add_column(header, width=fixed, overflow="fold")
             else:
                 table.add_column(header, overflow="fold")
         for row in self.rows:
@@ -133,6 +164,6 @@ class IdTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if self.fits(options.max_width):
-            yield self.table()
+            yield self.table(options.max_width)
         else:
             yield from self.blocks(options.max_width)

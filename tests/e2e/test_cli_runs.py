@@ -403,6 +403,11 @@ def test_no_id_is_cut_at_80_columns(tmp_path: Path, backend: Backend, columns_80
     whole_on_a_line([*started["seeded"], *LONG_IDS, DOOMED], listed)
     assert "INC-80" in listed
 
+    history = ok(invoke_retro("history", LONG_IDS[0], cwd=tmp_path, env=env)).stdout
+    whole_on_a_line(
+        [f"job_id={in_flight[LONG_IDS[0]]['job_id']}", f"match_id={LONG_IDS[0]}"], history
+    )
+
     victim = in_flight[LONG_IDS[0]]
     cancel = ok(invoke_retro("cancel", LONG_IDS[0], cwd=tmp_path, env=env)).stdout
     line = next(li for li in cancel.splitlines() if li.startswith("Cancelled run "))

@@ -72,6 +72,23 @@ def test_a_table_that_fits_keeps_ids_whole_and_folds_the_rest() -> None:
     assert not table.fits(80)  # a reason squeezed to a thin ribbon: blocks instead
 
 
+def test_words_of_a_token_column_stay_whole_at_every_width() -> None:
+    job = "job_id=analyze-retro-m-2025-premier-league-heal-0001"
+    table = IdTable("seq", "time (UTC)", "event", "data", tokens={"data"})
+    for seq in range(1, 4):
+        table.add_row(
+            str(seq),
+            "2025-05-26 12:00:00.125",
+            "AnalysisRequested",
+            f"attempt={seq} {job} match_id=m-2025-premier-league-heal-0001 priority=3",
+        )
+    for width in (60, 80, 100, 120, 160, 240):
+        lines = drawn(table, width)
+        assert sum(job in line for line in lines) == 3, (width, lines)
+        assert all(len(line) <= width for line in lines), (width, lines)
+    assert any("┃ data" in line for line in drawn(table, 100))  # a table there
+
+
 def test_cells_are_never_read_as_markup() -> None:
     table = IdTable("run", "note", ids={"run"})
     table.add_row("[bold]r1", "[red]x[/red]")
