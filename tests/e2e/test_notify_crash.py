@@ -102,5 +102,7 @@ async def test_killed_between_commit_and_send_the_finish_is_delivered_once(
     [row] = await stored(backend.database_url)
     assert row.sent_at is not None and row.attempts == 3
     assert f"notification {key} sent" in restarted.stderr
+    port = receiver.server.server_address[1]
+    assert f"notifications to http://127.0.0.1:{port}/***" in restarted.stderr
     for output in (crashed.stderr, restarted.stderr, restarted.stdout):
         assert TOKEN not in output
