@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from retro.config import ConfigError, load_settings, mask_webhook, public_values, redact
+from retro.demo.scenario import demo_settings
 from retro.notification import (
     FAILED_RUNS_SHOWN,
     FailedRun,
@@ -155,3 +157,11 @@ def test_httpx_request_lines_lose_the_urls_path() -> None:
     assert record.getMessage() == (
         'HTTP Request: POST https://hooks.slack.com/*** "HTTP/1.1 200 OK"'
     )
+
+
+def test_the_demo_never_posts_to_the_operators_webhook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RETRO_NOTIFY_URL", HOOK)
+    assert load_settings().notify_url == HOOK
+    assert demo_settings(tmp_path).notify_url is None
