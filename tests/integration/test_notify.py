@@ -293,3 +293,33 @@ async def test_the_outbox_and_live_backfills_are_counted_per_scrape(backend: Bac
             assert ended["retro_notifications_pending"] == [({}, 2)]  # + its finish
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres-server"], indirect=True)
+async def test_rival_senders_claim_disjoint_rows(backend: Backend) -> None:
+    """On PostgreSQL two daemons' senders never claim one row: a rival's claim in
+    flight is skipped (FOR UPDATE SKIP LOCKED), a committed one holds its lease."""
+    await make_host(backend.database_url, good=(), doomed=False)
+    async with App(settings_for(backend), redis=False) as app:
+        now = datetime.now(UTC)
+        async with app.engine.begin() as conn:
+            for i in range(4):
+                note = Notification(f"k{i}", "run.failed", {"i": i})
+                assert await outbox.record(conn, note, at=now - timedelta(seconds=4 - i))
+        first_in = asyncio.Event()
+
+        async def rival(limit: int, *, hold: bool) -> list[str]:
+            async with app.engine.begin() as conn:
+                if not hold:
+                    await first_in.wait()
+                claimed = await outbox.claim(conn, now=now, limit=limit, lease=60, horizon=86400)
+                if hold:
+                    first_in.set()
+                    await asyncio.sleep(0.3)  # claimed, not committed yet
+                return [c.key for c in claimed]
+
+        first, second = await asyncio.gather(rival(2, hold=True), rival(10, hold=False))
+        async with app.engine.begin() as conn:
+            later = await outbox.claim(conn, now=now, limit=10, lease=60, horizon=86400)
+    assert first == ["k0", "k1"] and second == ["k2", "k3"]
+    assert later == []  # every row is leased for 60 s
