@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -376,21 +376,31 @@ async def serialize_starts(conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(7412004)"))
 
 
-async def counts_by_state(conn: AsyncConnection) -> dict[str, int]:
-    """Number of runs in each state (states with none are absent)."""
-    rows = await conn.execute(
-        select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
-    )
-    return {state: int(n) for state, n in rows}
+async def counts_by_state(
+    conn: AsyncConnection, *, backfill_id: str | None = None
+) -> dict[str, int]:
+    """Number of runs in each state (states with none are absent); only the runs of
+    ``backfill_id`` with it."""
+    query = select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    return {state: int(n) for state, n in await conn.execute(query)}
 
 
 async def list_runs(
-    conn: AsyncConnection, *, states: Sequence[State] | None = None, limit: int = 1000
+    conn: AsyncConnection,
+    *,
+    states: Sequence[State] | None = None,
+    limit: int = 1000,
+    backfill_id: str | None = None,
 ) -> list[Run]:
-    """Runs (optionally only in ``states``), most recently updated first."""
+    """Runs (optionally only in ``states``, only of ``backfill_id``), most recently
+    updated first."""
     query = select(backfill_runs).order_by(backfill_runs.c.updated_at.desc()).limit(limit)
     if states is not None:
         query = query.where(backfill_runs.c.state.in_([str(s) for s in states]))
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
     return [run_from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
@@ -521,8 +531,15 @@ class Handoffs:
     oldest_event_at: datetime | None
 
 
-async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
-    """Count hand-off events with ``at >= since`` (aware UTC)."""
+async def handoffs_since(
+    conn: AsyncConnection, since: datetime, *, backfill_id: str | None = None
+) -> Handoffs:
+    """Count hand-off events with ``at >= since`` (aware UTC); only those of
+    ``backfill_id``'s runs with it (and the oldest event among its runs' events)."""
+    if backfill_id is not None:
+        return (await handoffs_by_backfill(conn, since, backfill_id=backfill_id)).get(
+            backfill_id, Handoffs(count=0, oldest_event_at=None)
+        )
     count = await conn.scalar(
         select(func.count()).where(
             backfill_events.c.at >= since, backfill_events.c.type.in_(HANDOFF_TYPES)
@@ -534,19 +551,62 @@ async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
     return Handoffs(count=int(count or 0), oldest_event_at=oldest)
 
 
-async def phases_left(conn: AsyncConnection, per_state: Mapping[str, int]) -> int:
+async def handoffs_by_backfill(
+    conn: AsyncConnection, since: datetime, *, backfill_id: str | None = None
+) -> dict[str, Handoffs]:
+    """:func:`handoffs_since` for each backfill with an event at or after ``since``
+    (aware UTC), by backfill id, in one query (events joined to their runs);
+    only ``backfill_id``'s with it."""
+    handoff = case((backfill_events.c.type.in_(HANDOFF_TYPES), 1), else_=0)
+    query = (
+        select(
+            backfill_runs.c.backfill_id,
+            func.sum(handoff),
+            func.min(backfill_events.c.at),  # keeps the column's type: aware UTC
+        )
+        .select_from(
+            backfill_events.join(backfill_runs, backfill_runs.c.id == backfill_events.c.run_id)
+        )
+        .where(backfill_events.c.at >= since)
+        .group_by(backfill_runs.c.backfill_id)
+    )
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    return {
+        owner: Handoffs(count=int(n or 0), oldest_event_at=oldest)
+        for owner, n, oldest in await conn.execute(query)
+    }
+
+
+async def phases_left(
+    conn: AsyncConnection, per_state: Mapping[str, int], *, backfill_id: str | None = None
+) -> int:
     """Hand-offs still to come for the live runs: ``per_state[state]`` for each live
     run (3 for a pending or analyzing run, 2 for a predicting one, 1 for a settling
-    one: :data:`retro.progress.HANDOFFS_LEFT`), 0 once its settlement finished."""
-    rows = await conn.execute(
-        select(backfill_runs.c.state, backfill_runs.c.step, func.count())
+    one: :data:`retro.progress.HANDOFFS_LEFT`), 0 once its settlement finished;
+    only ``backfill_id``'s runs with it."""
+    left = await phases_left_by_backfill(conn, per_state, backfill_id=backfill_id)
+    return sum(left.values())
+
+
+async def phases_left_by_backfill(
+    conn: AsyncConnection, per_state: Mapping[str, int], *, backfill_id: str | None = None
+) -> dict[str, int]:
+    """:func:`phases_left` for each backfill with a live run, by backfill id, in one
+    query; only ``backfill_id``'s with it."""
+    query = (
+        select(
+            backfill_runs.c.backfill_id, backfill_runs.c.state, backfill_runs.c.step, func.count()
+        )
         .where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
-        .group_by(backfill_runs.c.state, backfill_runs.c.step)
+        .group_by(backfill_runs.c.backfill_id, backfill_runs.c.state, backfill_runs.c.step)
     )
-    total = 0
-    for state, step, n in rows:
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    totals: dict[str, int] = {}
+    for owner, state, step, n in await conn.execute(query):
         per_run = per_state.get(state, 0)
         if state == "settling" and step == str(Step.FINISHED):
             per_run = 0
-        total += per_run * int(n)
-    return total
+        totals[owner] = totals.get(owner, 0) + per_run * int(n)
+    return totals
