@@ -46,6 +46,12 @@ COMMAND_LINE_ONLY = {
     "RETRO_PIPELINE_FAIL_RATE": "workers --fail-rate",
     "RETRO_CANCEL_ALL": "cancel --all",
     "RETRO_DEMO_WORKDIR": "demo --workdir",
+    "RETRO_LABEL": "start --label",
+    "RETRO_BACKFILL": "status --backfill",
+    "RETRO_CANCEL_BACKFILL": "cancel --backfill",
+    "RETRO_RETRY_BACKFILL": "retry --backfill",
+    "RETRO_PAUSE_BACKFILL": "pause --backfill",
+    "RETRO_RESUME_BACKFILL": "resume --backfill",
 }
 """Options that choose what a command does (which runs or matches it touches, whether
 it writes, whether it keeps running) and so read no environment variable, by the

@@ -4,9 +4,12 @@ and ``cancel``. Each parses, opens the app, calls one method and renders."""
 from __future__ import annotations
 
 import click
+from rich.text import Text
 
-from retro import commands
+from retro import backfill_commands, commands
 from retro.backfill import LEGACY_LABEL, SCAN_LABEL
+from retro.cli.backfill_render import cancelled_line, steered_lines
+from retro.cli.backfills import backfill_option
 from retro.cli.common import (
     connection_options,
     emit,
@@ -27,12 +30,17 @@ from retro.commands import CANCEL_REASON, REPROCESS
 from retro.commands import cancel as cancel_runs
 from retro.commands import history as run_history
 from retro.errors import EXIT_FAILURE, EXIT_OK
-from retro.report import cancel_json, history_json, start_json, verify_json
+from retro.report import cancel_json, history_json, start_json, steered_json, verify_json
 from retro.scheduler import utcnow
 from retro.text import escape
 
 SHOWN = 20
 """Runs ``retro verify`` names in its text output per finding (``--json`` has all)."""
+
+
+def _lines(lines: list[Text]) -> None:
+    for line in lines:
+        out.print(line)
 
 
 def _label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -71,7 +79,9 @@ def _label(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     "--label",
     callback=_label,
     default=None,
-    help="Name the backfill (e.g. INC-123); default: its window, <from>..<to>.",
+    help="Name the backfill (e.g. INC-123); default: its window, <from>..<to>. A label "
+    "that already names a backfill is refused (exit 2): `retro status --backfill LABEL` "
+    "must name one.",
 )
 @json_option
 @connection_options
@@ -107,19 +117,39 @@ def start(
     is_flag=True,
     help="Re-arm every failed run.",
 )
+@backfill_option("Re-arm the failed runs of this backfill (BackfillRetried).")
+@json_option
 @connection_options
 def retry(
     run_ids: tuple[str, ...],
     failed: bool,
+    backfill: str | None,
+    as_json: bool,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
     log_format: str | None,
 ) -> None:
-    """Re-arm failed runs (RunRearmed): they start again from pending."""
-    if bool(run_ids) == failed:
-        raise click.UsageError("give run ids or --failed (one of them, not both)")
+    """Re-arm failed runs (RunRearmed): they start again from pending.
+
+    All or nothing: if one cannot be re-armed, none is (exit 2). With --backfill,
+    the runs of a paused backfill wait for its resume; a cancelled backfill is
+    refused (exit 2). --json prints retro.backfill_action/1 (--backfill only).
+    """
+    if sum((bool(run_ids), failed, backfill is not None)) != 1:
+        raise click.UsageError("give run ids, --failed or --backfill (exactly one of them)")
+    if as_json and backfill is None:
+        raise click.UsageError("--json goes with --backfill")
     settings = open_settings(database_url, redis_url, verbose, log_format)
+    if backfill is not None:
+        steered = with_app(
+            settings,
+            verbose,
+            lambda retro: backfill_commands.retry(retro, backfill, now=utcnow()),
+            redis=False,
+        )
+        emit(as_json, steered, steered_json, lambda done: _lines(steered_lines(done)))
+        return
 
     rearmed = with_app(
         settings,
@@ -224,6 +254,7 @@ def history(
     is_flag=True,
     help="Cancel every live run (pending, analyzing, predicting, settling).",
 )
+@backfill_option("Cancel this backfill (BackfillCancelled) and each of its live runs.")
 @click.option(
     "--reason",
     default=CANCEL_REASON,
@@ -237,6 +268,7 @@ def history(
 def cancel(
     run_ids: tuple[str, ...],
     every_live: bool,
+    backfill: str | None,
     reason: str,
     as_json: bool,
     database_url: str | None,
@@ -249,13 +281,30 @@ def cancel(
     A job a worker already runs (active) cannot be removed: it is left to finish
     and its result is ignored. All or nothing: an unknown run, or a run already
     done, failed or cancelled, is refused (exit 2) and nothing is written. Safe
-    beside a running daemon.
+    beside a running daemon. With --backfill: the backfill is marked cancelled,
+    then each of its live runs is cancelled (a finished backfill is refused, exit
+    2; cancelling it again cancels what is still live).
     """
-    if bool(run_ids) == every_live:
-        raise click.UsageError("give run ids or --all (one of them, not both)")
+    if sum((bool(run_ids), every_live, backfill is not None)) != 1:
+        raise click.UsageError("give run ids, --all or --backfill (exactly one of them)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
     settings = open_settings(database_url, redis_url, verbose, log_format)
+    if backfill is not None:
+        done = with_app(
+            settings,
+            verbose,
+            lambda retro: backfill_commands.cancel(
+                retro, backfill, now=utcnow(), reason=reason.strip()
+            ),
+        )
+
+        def render(found: backfill_commands.BackfillCancel) -> None:
+            render_cancel(found.report)
+            out.print(cancelled_line(found))
+
+        emit(as_json, done, lambda found: cancel_json(found.report, found), render)
+        return
 
     report = with_app(
         settings,

@@ -4,7 +4,8 @@
 ``backfill_events`` and updates the ``backfill_runs`` projection in the same
 transaction, guarded by the run's ``version``. A lost race (a rival daemon
 appended first) surfaces as :class:`ConcurrencyError`; a second live run of a
-match as :class:`LiveRunExists`; any other refusal as :class:`AppendRejected`
+match as :class:`LiveRunExists`; a job request of a paused backfill as
+:class:`BackfillPaused`; any other refusal as :class:`AppendRejected`
 (translated by constraint name in :mod:`retro.store.constraints`).
 """
 
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from retro.events import (
     HANDOFF_TYPES,
     Event,
+    JobReenqueued,
+    Requested,
     RunRearmed,
     RunSeeded,
     UnknownEvent,
@@ -44,10 +47,11 @@ from retro.machine import (
     seed,
 )
 from retro.store.constraints import AppendRejected as AppendRejected  # re-exported
+from retro.store.constraints import BackfillPaused as BackfillPaused
 from retro.store.constraints import ConcurrencyError as ConcurrencyError
 from retro.store.constraints import LiveRunExists as LiveRunExists
 from retro.store.constraints import translate
-from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
+from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs, backfills
 from retro.text import escape
 
 
@@ -128,6 +132,10 @@ async def append(
         ConcurrencyError: a rival appended first (seq taken or version moved).
         LiveRunExists: the match already has a live run (on ``RunSeeded`` or
             ``RunRearmed``).
+        BackfillPaused: the events start a job (a ``…Requested`` or
+            ``JobReenqueued``) and the run's backfill is paused (an
+            :class:`AppendRejected`; read under the backfill's row lock: see
+            :func:`refuse_if_paused`).
         AppendRejected: the database refused the events for another reason
             (a constraint or trigger retro does not own); not a race.
         IllegalTransition: an event is impossible in the run's state.
@@ -152,6 +160,8 @@ async def append(
             }
         )
     assert current is not None
+    if any(isinstance(event, STARTS) for event in events):
+        await refuse_if_paused(conn, current.id, current.backfill_id)
     try:
         await conn.execute(insert(backfill_events), rows)
         if run is None:
@@ -167,6 +177,29 @@ async def append(
     except IntegrityError as exc:
         raise translate(exc, current.id) from exc
     return current
+
+
+STARTS = (Requested, JobReenqueued)
+"""Events that put a job in BullMQ (after their commit): what a paused backfill
+refuses (:func:`refuse_if_paused`)."""
+
+
+async def refuse_if_paused(conn: AsyncConnection, run_id: str, backfill_id: str) -> None:
+    """Raise :class:`BackfillPaused` if ``backfill_id`` is paused, in ``conn``'s
+    transaction.
+
+    On PostgreSQL the row is read ``FOR SHARE``: a ``retro pause`` updating it
+    (:func:`retro.store.backfills.set_paused`) waits for this transaction, and this
+    read waits for a pause in progress and then sees it; so a rival daemon that
+    decided on a backfill not yet paused cannot commit a job request after the
+    pause committed. SQLite serialises writing transactions anyway. A backfill
+    without a row (runs written by hand) is not paused.
+    """
+    paused = await conn.scalar(
+        select(backfills.c.paused).where(backfills.c.id == backfill_id).with_for_update(read=True)
+    )
+    if paused:
+        raise BackfillPaused(run_id, backfill_id)
 
 
 def _project_onto(run: Run | None, events: Sequence[Event]) -> list[Run]:
@@ -227,15 +260,19 @@ async def all_ids(conn: AsyncConnection) -> list[str]:
 @dataclass(frozen=True)
 class Due:
     """Runs a tick should look at, in this order: ``in_flight`` ids (they hold a
-    ``max_in_flight`` slot), then ``resuming`` ids (their retry back-off is over)
-    and ``pending`` ids, each of which must take a free slot before it goes on."""
+    ``max_in_flight`` slot), then ``resuming`` ids (their retry back-off is over,
+    or they rest entering a phase: a backfill resumed) and ``pending`` ids, each of
+    which must take a free slot before it goes on. Runs of a paused backfill are
+    never ``resuming`` nor ``pending``: they start nothing."""
 
     in_flight: list[str]
     resuming: list[str]
     pending: list[str]
 
 
-HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND (step != '{Step.BACKOFF}' OR timed_out)"
+HOLDS_SLOT_SQL = (
+    f"{IN_FLIGHT_SQL} AND step != '{Step.ENTER}' AND (step != '{Step.BACKOFF}' OR timed_out)"
+)
 """:attr:`retro.machine.Run.holds_slot` as a condition on ``backfill_runs``; it contains
 ``IN_FLIGHT_SQL`` literally, so the partial index ``ix_backfill_runs_in_flight``
 serves it."""
@@ -289,8 +326,10 @@ async def starters(
 ) -> list[str]:
     """Up to ``limit`` run ids that need a free slot to go on, in the order they
     get one: runs whose retry back-off is over at ``now`` (aware UTC; under
-    ``policy``, default :class:`Policy`), earliest ``not_before`` first, then
-    pending runs, oldest first.
+    ``policy``, default :class:`Policy`) and runs resting at the entry of a phase
+    (their backfill was paused and is resumed), earliest ``next_check_at`` first,
+    then pending runs, oldest first. A run of a paused backfill is never one: it
+    takes no slot and starts no job (issue 11).
 
     A back-off that is over goes before every pending run: its run started
     before them (pending runs start oldest first), has spent host work already
@@ -309,30 +348,49 @@ async def _starters(
     if limit <= 0:
         return [], []
     rows = await conn.execute(
-        select(backfill_runs.c.id, backfill_runs.c.attempt, backfill_runs.c.next_check_at)
+        select(
+            backfill_runs.c.id,
+            backfill_runs.c.step,
+            backfill_runs.c.attempt,
+            backfill_runs.c.next_check_at,
+        )
         .where(
             text(IN_FLIGHT_SQL),
-            backfill_runs.c.step == str(Step.BACKOFF),
-            backfill_runs.c.timed_out.is_(False),  # a timed-out back-off holds its slot
+            or_(
+                and_(
+                    backfill_runs.c.step == str(Step.BACKOFF),
+                    backfill_runs.c.timed_out.is_(False),  # a timed-out back-off holds its slot
+                ),
+                backfill_runs.c.step == str(Step.ENTER),  # rests there only while paused
+            ),
+            _not_paused(),
         )
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
     )
     resuming = [
         run_id
-        for run_id, attempt, next_check in rows
-        if backoff_over(next_check, attempt, now, policy)
+        for run_id, step, attempt, next_check in rows
+        if step == str(Step.ENTER) or backoff_over(next_check, attempt, now, policy)
     ][:limit]
     return resuming, await pending(conn, limit=limit - len(resuming))
 
 
+def _not_paused() -> Any:
+    """SQL condition on ``backfill_runs``: the run's backfill is not paused."""
+    return backfill_runs.c.backfill_id.not_in(
+        select(backfills.c.id).where(backfills.c.paused.is_(True))
+    )
+
+
 async def pending(conn: AsyncConnection, *, limit: int) -> list[str]:
-    """Up to ``limit`` pending run ids, oldest first (by index): whatever the wall
-    clock says now, as a pending run waits for nothing but a slot."""
+    """Up to ``limit`` pending run ids, oldest first (by index), of backfills not
+    paused: whatever the wall clock says now, as a pending run waits for nothing
+    but a slot."""
     if limit <= 0:
         return []
     rows = await conn.execute(
         select(backfill_runs.c.id)
-        .where(backfill_runs.c.state == str(State.PENDING))
+        .where(backfill_runs.c.state == str(State.PENDING), _not_paused())
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
         .limit(limit)
     )
@@ -405,8 +463,15 @@ async def list_runs(
 
 
 async def idle(conn: AsyncConnection, *, ignore: Collection[str] = ()) -> bool:
-    """True when no run is left that is not terminal, apart from the ``ignore`` ids."""
-    query = select(func.count()).where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
+    """True when no run is left that is not terminal, apart from the ``ignore`` ids
+    and the runs of paused backfills that hold no slot (pending, resting at a
+    phase's entry, in a back-off after a failure): nothing moves them until an
+    operator resumes their backfill. A run of a paused backfill whose job is still
+    out is not idle: that job finishes and is judged first."""
+    query = select(func.count()).where(
+        backfill_runs.c.state.not_in([str(s) for s in TERMINAL]),
+        or_(_not_paused(), text(HOLDS_SLOT_SQL)),
+    )
     if ignore:
         query = query.where(backfill_runs.c.id.not_in(sorted(ignore)))
     return not await conn.scalar(query)
