@@ -5,6 +5,7 @@ and the pause flag, on both backends."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from retro.backfill import Backfill, BackfillState, Tally, percent_finished
 from retro.events import (
+    AnalysisCompleted,
     AnalysisRequested,
     AnalysisSkipped,
     Event,
@@ -201,3 +203,81 @@ async def test_pause_is_a_flag_on_the_row_read_once_per_tick(engine: AsyncEngine
         cancelled = await backfills.get(conn, other.id)
     assert cancelled is not None and cancelled.cancelled_at == at(5)
     assert cancelled.state(live=1) is BackfillState.CANCELLED
+
+
+async def test_a_paused_backfill_refuses_a_job_request_but_not_a_judgement(
+    engine: AsyncEngine,
+) -> None:
+    inc, _ = await two_backfills(engine)
+    async with engine.begin() as conn:
+        await backfills.set_paused(conn, inc.id, True)
+    async with engine.connect() as conn:
+        pending = await runs.get(conn, "r-pending")
+        analyzing = await runs.get(conn, "r-analyzing")
+    assert pending is not None and analyzing is not None
+    request = AnalysisRequested(at=at(5), job_id="analyze-retro-m-r-pending", attempt=1)
+    with pytest.raises(runs.BackfillPaused) as refused:
+        async with engine.begin() as conn:
+            await runs.append(conn, pending, [request])
+    assert (refused.value.run_id, refused.value.backfill_id) == ("r-pending", inc.id)
+    assert isinstance(refused.value, runs.AppendRejected)
+    async with engine.begin() as conn:  # the other backfill is not paused
+        await runs.append(conn, analyzing, [AnalysisCompleted(at=at(5))])
+        # a judgement or an end of the paused backfill's run is no start
+        await runs.append(conn, pending, [RunCancelled(at=at(5), reason="operator")])
+    async with engine.connect() as conn:
+        assert (await runs.audit(conn)).ok
+        assert [e.TYPE for e in await runs.events_of(conn, "r-pending")] == [
+            "RunSeeded",
+            "RunCancelled",
+        ]
+
+
+@pytest.mark.parametrize("backend", ["postgres-server"], indirect=True)
+async def test_a_pause_waits_for_a_request_in_flight_and_the_next_one_sees_it(
+    engine: AsyncEngine,
+) -> None:
+    """PostgreSQL: a daemon appending a job request holds the backfill's row
+    ``FOR SHARE`` to its commit, so a pause committed after the request began waits
+    for it; a request that begins while the pause is uncommitted waits for the
+    pause and is refused. No request commits after a pause without seeing it."""
+    inc, _ = await two_backfills(engine)
+    async with engine.connect() as conn:
+        pending = await runs.get(conn, "r-pending")
+    assert pending is not None
+    request = AnalysisRequested(at=at(5), job_id="analyze-retro-m-r-pending", attempt=1)
+
+    async def pause() -> None:
+        async with engine.begin() as conn:
+            await backfills.set_paused(conn, inc.id, True)
+
+    async with engine.begin() as daemon:
+        requested = await runs.append(daemon, pending, [request])
+        pausing = asyncio.create_task(pause())
+        await asyncio.sleep(0.5)
+        assert not pausing.done(), "the pause did not wait for the request in flight"
+    await asyncio.wait_for(pausing, 10)  # it commits once the request did
+    assert requested.job_id == "analyze-retro-m-r-pending"
+
+    async with engine.begin() as conn:
+        await backfills.set_paused(conn, inc.id, False)  # resumed (committed)
+    async with engine.begin() as operator:  # a pause in progress, uncommitted
+        assert await backfills.set_paused(operator, inc.id, True)
+        async with engine.connect() as conn:
+            again = await runs.get(conn, "r-failed")
+        assert again is not None
+
+        async def rearm_and_request() -> None:
+            async with engine.begin() as conn:
+                run = await runs.rearm(conn, again, now=at(6))
+                await runs.append(
+                    conn, run, [AnalysisRequested(at=at(6), job_id="analyze-x", attempt=1)]
+                )
+
+        racing = asyncio.create_task(rearm_and_request())
+        await asyncio.sleep(0.5)
+        assert not racing.done(), "the request did not wait for the pause in progress"
+    with pytest.raises(runs.BackfillPaused):
+        await asyncio.wait_for(racing, 10)
+    async with engine.connect() as conn:
+        assert (await runs.get(conn, "r-failed")) == again  # nothing of it was written
