@@ -19,6 +19,7 @@ from retro import backfill_commands, commands
 from retro.app import App
 from retro.events import JobReenqueued, Phase, Requested
 from retro.machine import Step
+from retro.report import status_json
 from retro.scheduler import Daemon
 from retro.store import runs
 from tests.conftest import Backend, eventually
@@ -85,6 +86,11 @@ async def test_a_paused_backfill_starts_no_job_across_a_restart_and_heals_when_r
             status = await commands.status(app, now=now())
             assert {item.run.id for item in status.held} == set(queued)
             assert status.holding == []
+            document = status_json(status, now=now())
+            assert {i["run_id"]: i["held"] for i in document["in_flight"]} == dict.fromkeys(
+                queued, "backfill paused"
+            )
+            assert [b["paused"] for b in document["backfills"]] == [True]
             (live,) = status.backfills
             assert (live.state, live.tally.live, live.tally.finished) == ("paused", 3, 0)
 
