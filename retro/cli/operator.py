@@ -137,7 +137,7 @@ def retry(
     refused (exit 2). --json prints retro.backfill_action/1 (--backfill only).
     """
     if sum((bool(run_ids), failed, backfill is not None)) != 1:
-        raise click.UsageError("give run ids, --failed or --backfill (exactly one of them)")
+        raise click.UsageError("give run ids or --failed, or --backfill (exactly one of them)")
     if as_json and backfill is None:
         raise click.UsageError("--json goes with --backfill")
     settings = open_settings(database_url, redis_url, verbose, log_format)
@@ -286,7 +286,7 @@ def cancel(
     2; cancelling it again cancels what is still live).
     """
     if sum((bool(run_ids), every_live, backfill is not None)) != 1:
-        raise click.UsageError("give run ids, --all or --backfill (exactly one of them)")
+        raise click.UsageError("give run ids or --all, or --backfill (exactly one of them)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
     settings = open_settings(database_url, redis_url, verbose, log_format)
