@@ -300,9 +300,12 @@ class Ticker:
                 planned = plan(run, facts, now=now, policy=self.policy)  # plan
                 report.again = report.again or planned.again
                 if not planned.events:
-                    if facts.job is not None and match is not None and not facts.backfill_paused:
+                    job = facts.job
+                    if job is not None and match is not None and is_stale(run, job):
+                        if facts.backfill_paused:
+                            return  # its recovery enqueues anew: not while paused
                         await runs.refuse_if_paused(conn, run.id, run.backfill_id)
-                        await self._recover_job(run, facts.job, match)
+                        await self._recover_job(run, job, match)
                     return
                 planned = await self._prepare(planned, facts.job)  # prepare effects (step 1)
                 self.crash.reach("before_append")

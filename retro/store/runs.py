@@ -470,7 +470,7 @@ async def idle(conn: AsyncConnection, *, ignore: Collection[str] = ()) -> bool:
     out is not idle: that job finishes and is judged first."""
     query = select(func.count()).where(
         backfill_runs.c.state.not_in([str(s) for s in TERMINAL]),
-        or_(_not_paused(), text(HOLDS_SLOT_SQL)),
+        or_(_not_paused(), text(f"({HOLDS_SLOT_SQL})")),
     )
     if ignore:
         query = query.where(backfill_runs.c.id.not_in(sorted(ignore)))
