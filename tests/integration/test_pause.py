@@ -9,20 +9,25 @@ is what BullMQ holds, not what retro says it did.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from rich.console import Console
 
 from retro import backfill_commands, commands
 from retro.app import App
+from retro.cli.render import status_parts
 from retro.events import JobReenqueued, Phase, Requested
 from retro.machine import Step
 from retro.report import status_json
 from retro.scheduler import Daemon
 from retro.store import runs
 from tests.conftest import Backend, eventually
+from tests.e2e.clirunner import invoke_retro
 from tests.healing import DEMO_NOW, assert_healed, seed_outage
 from tests.integration.test_recovery import (
     events_of,
@@ -37,6 +42,14 @@ from tests.outstanding import Sampler, outstanding, queue_names
 HELD = "is paused: 3 live runs held"
 
 
+async def cli(backend: Backend, cwd: Path, *args: str) -> str:
+    """``retro ARGS`` in this process (in a thread: the CLI runs its own event loop)
+    on ``backend``; its stdout (exit 0 asserted)."""
+    result = await asyncio.to_thread(invoke_retro, *args, cwd=cwd, env=backend.env())
+    assert result.code == 0, result
+    return result.stdout
+
+
 async def starts_since(app: App, run_ids: list[str], since: datetime) -> list[tuple[str, str]]:
     """(run id, event type) of every job request or re-enqueue at or after ``since``."""
     found = []
@@ -48,8 +61,12 @@ async def starts_since(app: App, run_ids: list[str], since: datetime) -> list[tu
 
 
 async def test_a_paused_backfill_starts_no_job_across_a_restart_and_heals_when_resumed(
-    backend: Backend, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    """``retro pause`` and ``retro resume`` (the CLI, in-process) around a daemon
+    restart: while paused, the two jobs already queued finish and are judged and
+    nothing else starts, before and after the restart; resumed, everything heals
+    within the cap."""
     caplog.set_level(logging.INFO, logger="retro")
     await make_host(backend, match_ids=("M1", "M2", "M3"), predictions=0)
     settings = settings_for(backend, max_in_flight=2)
@@ -63,8 +80,9 @@ async def test_a_paused_backfill_starts_no_job_across_a_restart_and_heals_when_r
             (waiting,) = [r for r in seeded if r not in queued]  # the cap is 2
             assert len(await outstanding(redis, backend.prefix, names)) == 2
 
-            paused = await backfill_commands.pause(app, "INC-1", now=now())
-            assert paused.changed and paused.summary.backfill.paused
+            said = await cli(backend, tmp_path, "pause", "--backfill", "INC-1", "--json")
+            paused = json.loads(said)
+            assert paused["changed"] and paused["backfill"]["paused"]
             paused_at = now()
             async with workers(backend):  # the two queued jobs finish and are judged
 
@@ -91,6 +109,12 @@ async def test_a_paused_backfill_starts_no_job_across_a_restart_and_heals_when_r
                 queued, "backfill paused"
             )
             assert [b["paused"] for b in document["backfills"]] == [True]
+            console = Console(record=True, width=160)
+            for part in status_parts(status, now=now()):
+                console.print(part)
+            text = console.export_text()
+            assert "Held: backfill paused" in text
+            assert all(run_id in text for run_id in queued)
             (live,) = status.backfills
             assert (live.state, live.tally.live, live.tally.finished) == ("paused", 3, 0)
 
@@ -105,8 +129,8 @@ async def test_a_paused_backfill_starts_no_job_across_a_restart_and_heals_when_r
             assert await starts_since(app, seeded, restarted_at) == []
             assert await outstanding(redis, backend.prefix, names) == {}
 
-            resumed = await backfill_commands.resume(app, "INC-1", now=now())
-            assert resumed.changed and not resumed.summary.backfill.paused
+            resumed = await cli(backend, tmp_path, "resume", "--backfill", "INC-1")
+            assert "Resumed backfill" in resumed and "3 live runs go on" in resumed
             sampler = Sampler(redis, backend.prefix, names)
             sampling = asyncio.create_task(sampler.run(limit=60))
             try:
