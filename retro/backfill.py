@@ -92,6 +92,74 @@ class Backfill:
         return BackfillState.RUNNING
 
 
+LIVE_STATES = ("pending", "analyzing", "predicting", "settling")
+"""Run states a run can still leave (:data:`retro.machine.LIVE`, as text)."""
+FINISHED_STATES = ("done", "failed", "cancelled")
+"""Run states a run ends in (:data:`retro.machine.TERMINAL`, as text)."""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A backfill's runs counted by state (``backfill_runs`` grouped by its
+    ``backfill_id`` and ``state``).
+
+    Attributes:
+        by_state: runs in each state that has any (run states as text).
+    """
+
+    by_state: Mapping[str, int] = field(default_factory=dict)
+
+    def of(self, state: str) -> int:
+        """Runs in ``state`` (0 if none)."""
+        return self.by_state.get(state, 0)
+
+    @property
+    def seeded(self) -> int:
+        """Every run the backfill seeded (re-armed ones count once)."""
+        return sum(self.by_state.values())
+
+    @property
+    def done(self) -> int:
+        """Runs that healed their match."""
+        return self.of("done")
+
+    @property
+    def failed(self) -> int:
+        """Runs that failed (``retro retry`` re-arms them)."""
+        return self.of("failed")
+
+    @property
+    def cancelled(self) -> int:
+        """Runs cancelled by an operator or by their match being called off."""
+        return self.of("cancelled")
+
+    @property
+    def live(self) -> int:
+        """Runs not yet ended: pending, analyzing, predicting or settling."""
+        return sum(self.of(state) for state in LIVE_STATES)
+
+    @property
+    def finished(self) -> int:
+        """Runs that ended: done, failed or cancelled."""
+        return self.seeded - self.live
+
+    @property
+    def percent(self) -> float:
+        """Progress in percent: :func:`percent_finished` of ``finished`` out of ``seeded``."""
+        return percent_finished(self.finished, self.seeded)
+
+
+def percent_finished(finished: int, total: int) -> float:
+    """``100 * finished / total``, kept below 100 while a run is live: 100.0 exactly
+    when ``finished == total`` (and ``total > 0``), at most 99.99 otherwise (so two
+    decimals never round 9,999 of 10,000 up to 100); 0.0 without runs."""
+    if total <= 0:
+        return 0.0
+    if finished >= total:
+        return 100.0
+    return min(100.0 * finished / total, 99.99)
+
+
 @dataclass(frozen=True)
 class Action:
     """One ``backfill_actions`` row: ``type`` done to ``backfill_id`` by ``by`` (an

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from retro import lookup
 from retro.app import App
-from retro.backfill import Backfill, os_user
+from retro.backfill import SCAN_LABEL, Backfill, os_user
 from retro.config import mask
 from retro.errors import UsageError
 from retro.events import Phase, RunCancelled, RunSeeded
@@ -36,7 +36,7 @@ from retro.machine import (
     clip,
     has_external_id,
 )
-from retro.progress import DEFAULT_WINDOW, Progress, measure
+from retro.progress import DEFAULT_WINDOW, BackfillSummary, Progress, measure, summaries
 from retro.queue import UNSTARTED_STATES
 from retro.store import backfills, gaps, runs
 from retro.store.facts import match_facts
@@ -81,7 +81,8 @@ class SeedReport:
 @dataclass(frozen=True)
 class InFlight:
     """An in-flight run for ``status``; ``waiting_for_worker`` names an idle queue;
-    ``waiting`` says how long and why its job waits for a worker (schedule-to-start)."""
+    ``waiting`` says how long and why its job waits for a worker (schedule-to-start);
+    ``backfill_paused``: its backfill is paused (it starts no new job)."""
 
     run: Run
     home_team: str | None
@@ -89,6 +90,13 @@ class InFlight:
     job_state: str | None
     waiting_for_worker: str | None
     waiting: Waiting | None = None
+    backfill_paused: bool = False
+
+    @property
+    def held(self) -> bool:
+        """The run rests with no job because its backfill is paused: it entered a
+        phase, or sleeps out a back-off, and requests nothing until resumed."""
+        return self.backfill_paused and self.run.job_id is None
 
 
 @dataclass(frozen=True)
@@ -103,13 +111,29 @@ class StatusReport:
     redis_error: str | None = None
     progress: Progress | None = None
     """Percent done and ETA; only when ``status`` was given ``now``."""
+    backfills: list[BackfillSummary] = field(default_factory=list)
+    """With ``now``: the backfills with a live run (or the one asked for), newest
+    first, each with its own progress and ETA."""
+    backfill: BackfillSummary | None = None
+    """The backfill ``status`` was narrowed to (``retro status --backfill``): counts,
+    progress and runs above are then its alone."""
 
     @property
     def holding(self) -> list[InFlight]:
-        """The ``in_flight`` runs at work on a phase, not in back-off: each holds a
-        ``max_in_flight`` slot (as does a back-off after a timeout, listed in
-        :attr:`backoff`)."""
-        return [item for item in self.in_flight if item.run.step is not Step.BACKOFF]
+        """The ``in_flight`` runs at work on a phase, not in back-off and not held by
+        a paused backfill: each holds a ``max_in_flight`` slot (as does a back-off
+        after a timeout, listed in :attr:`backoff`)."""
+        return [
+            item
+            for item in self.in_flight
+            if item.run.step is not Step.BACKOFF and not (item.held and item.run.step is Step.ENTER)
+        ]
+
+    @property
+    def held(self) -> list[InFlight]:
+        """The ``in_flight`` runs resting at the entry of a phase, with no job,
+        because their backfill is paused (they hold no slot)."""
+        return [item for item in self.in_flight if item.held and item.run.step is Step.ENTER]
 
     @property
     def backoff(self) -> list[InFlight]:
@@ -152,8 +176,22 @@ async def start(
     The backfill (``label``, default ``"<from>..<to>"`` of the window in days;
     ``created_by``, default the OS user) is written in the transaction of its
     first ``RunSeeded``: a start that seeds nothing creates no backfill.
+
+    Raises:
+        Refused: ``label`` (other than the periodic scan's) already names a
+            backfill, by label or as its id or id prefix (``retro status
+            --backfill LABEL`` must name one backfill); nothing is written.
     """
     scan_started = time.perf_counter()
+    if label is not None and label != SCAN_LABEL:
+        async with app.engine.connect() as conn:
+            taken = await backfills.find(conn, label)
+        if taken:
+            first = taken[0]
+            raise Refused(
+                f"the label {label!r} already names backfill {first.id} ({first.label!r}, "
+                f"created {first.created_at:%Y-%m-%d %H:%M} UTC); choose another label"
+            )
     async with app.engine.begin() as conn:
         scan = await gaps.scan(
             conn,
@@ -293,20 +331,41 @@ async def counts(app: App) -> dict[str, int]:
 
 
 async def status(
-    app: App, *, now: datetime | None = None, window: float = DEFAULT_WINDOW
+    app: App,
+    *,
+    now: datetime | None = None,
+    window: float = DEFAULT_WINDOW,
+    backfill_id: str | None = None,
 ) -> StatusReport:
     """Where every run stands, and which queues have workers. With ``now`` (aware
     UTC) also the progress: percent done and an ETA from the hand-off rate of the
-    last ``window`` seconds (:mod:`retro.progress`)."""
+    last ``window`` seconds (:mod:`retro.progress`), and each backfill with a live
+    run, with its own progress and ETA. With ``backfill_id``, the runs of that
+    backfill alone (``retro status --backfill``)."""
     async with app.engine.connect() as conn:
-        counts = await runs.counts_by_state(conn)
+        counts = await runs.counts_by_state(conn, backfill_id=backfill_id)
         progress = None
+        summarised: list[BackfillSummary] = []
         if now is not None:
-            progress = await measure(conn, counts=counts, now=now, window=window)
+            progress = await measure(
+                conn, counts=counts, now=now, window=window, backfill_id=backfill_id
+            )
+            summarised = await summaries(
+                conn,
+                now=now,
+                window=window,
+                live_only=backfill_id is None,
+                backfill_id=backfill_id,
+            )
+        held_by = await backfills.paused_ids(conn)  # paused backfills
         live = await runs.list_runs(
-            conn, states=[State.ANALYZING, State.PREDICTING, State.SETTLING]
+            conn,
+            states=[State.ANALYZING, State.PREDICTING, State.SETTLING],
+            backfill_id=backfill_id,
         )
-        failed = await runs.list_runs(conn, states=[State.FAILED], limit=50)
+        failed = await runs.list_runs(
+            conn, states=[State.FAILED], limit=50, backfill_id=backfill_id
+        )
         teams = {}
         for run in live:
             facts = await match_facts(conn, run.match_id)
@@ -336,9 +395,22 @@ async def status(
                         run, view, workers[name], paused[name], app.queues, app.policy
                     )
             home, away = teams[run.id]
-            in_flight.append(InFlight(run, home, away, job_state, idle_queue, waiting))
+            in_flight.append(
+                InFlight(
+                    run,
+                    home,
+                    away,
+                    job_state,
+                    idle_queue,
+                    waiting,
+                    backfill_paused=run.backfill_id in held_by,
+                )
+            )
     else:
-        in_flight = [InFlight(r, *teams[r.id], None, None) for r in live]
+        in_flight = [
+            InFlight(r, *teams[r.id], None, None, backfill_paused=r.backfill_id in held_by)
+            for r in live
+        ]
     return StatusReport(
         counts=counts,
         in_flight=in_flight,
@@ -346,6 +418,8 @@ async def status(
         workers=workers,
         redis_error=app.redis_error,
         progress=progress,
+        backfills=summarised,
+        backfill=summarised[0] if backfill_id is not None and summarised else None,
     )
 
 
@@ -484,9 +558,17 @@ async def cancel(
                     raise Refused(str(exc)) from None
                 chosen.setdefault(run.id, run)
             targets = list(chosen.values())
+    return await cancel_each(app, [target.id for target in targets], now=now, reason=reason)
+
+
+async def cancel_each(app: App, run_ids: list[str], *, now: datetime, reason: str) -> CancelReport:
+    """Cancel each of ``run_ids`` in turn as :func:`cancel` does (its job removed if
+    unstarted, ``RunCancelled(reason)``, a lost race decided again); a run that
+    ended meanwhile goes to ``ended_first``. ``reason`` is stored as given (the
+    caller has made it one masked line). Needs Redis."""
     report = CancelReport(cancelled=[], ended_first=[])
-    for target in targets:
-        done = await _cancel_one(app, target.id, now=now, reason=reason)
+    for run_id in run_ids:
+        done = await _cancel_one(app, run_id, now=now, reason=reason)
         if isinstance(done, Cancelled):
             report.cancelled.append(done)
         else:

@@ -12,10 +12,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from retro.backfill import Action
+from retro.backfill_commands import BackfillCancel, Listing, Steered
 from retro.commands import CancelReport, History, InFlight, SeedReport, StatusReport
 from retro.config import mask
 from retro.machine import State, Waiting
-from retro.progress import Progress
+from retro.progress import BackfillSummary, Progress
 from retro.store.runs import Audit, EventRow
 from retro.text import json_safe
 
@@ -55,13 +57,15 @@ def masked(value: Any) -> Any:
 
 
 def progress_json(progress: Progress) -> dict[str, Any]:
-    """The ``progress`` object of ``retro.status/1``."""
+    """The ``progress`` object of ``retro.status/1`` (and of each backfill)."""
     return {
         "total_runs": progress.total,
         "done": progress.done,
         "failed": progress.failed,
         "cancelled": progress.cancelled,
         "live": progress.live,
+        "finished": progress.finished,
+        "percent_finished": round(progress.percent_finished, 2),
         "percent_done": round(progress.percent_done, 2),
         "window_seconds": progress.window,
         "measured_over_seconds": round(progress.measured_over, 3),
@@ -85,9 +89,14 @@ def waiting_json(wait: Waiting) -> dict[str, Any]:
     }
 
 
+HELD = "backfill paused"
+"""The ``held`` reason of a run whose paused backfill keeps it from a new job."""
+
+
 def _run_item(item: InFlight) -> dict[str, Any]:
     """The fields every run entry of ``retro.status/1`` starts with (in flight or in
-    back-off): ids, teams, state, phase and attempt."""
+    back-off): ids, teams, state, phase and attempt, its backfill, and ``held``:
+    why it starts no job (its backfill is paused) or ``None``."""
     run = item.run
     return {
         "run_id": run.id,
@@ -97,6 +106,8 @@ def _run_item(item: InFlight) -> dict[str, Any]:
         "state": str(run.state),
         "phase": None if run.phase is None else str(run.phase),
         "attempt": run.attempt,
+        "backfill_id": run.backfill_id,
+        "held": HELD if item.held else None,
     }
 
 
@@ -140,6 +151,7 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
             "attempt": run.attempt,
             "failed_at": iso(run.finished_at),
             "reason": masked(run.last_error),
+            "backfill_id": run.backfill_id,
         }
         for run in report.failed
     ]
@@ -157,6 +169,71 @@ def status_json(report: StatusReport, *, now: datetime) -> dict[str, Any]:
             "reachable": report.redis_error is None,
             "error": masked(report.redis_error),
         },
+        "backfill": None if report.backfill is None else backfill_json(report.backfill),
+        "backfills": [backfill_json(summary) for summary in report.backfills],
+    }
+
+
+def backfill_json(summary: BackfillSummary) -> dict[str, Any]:
+    """One backfill (``retro.backfills/1``, and ``backfill``/``backfills`` of
+    ``retro.status/1``): its row, state, runs by state and progress with ETA."""
+    backfill, tally = summary.backfill, summary.tally
+    return {
+        "id": backfill.id,
+        "label": backfill.label,
+        "window": {"from": iso(backfill.window_from), "to": iso(backfill.window_to)},
+        "created_at": iso(backfill.created_at),
+        "created_by": backfill.created_by,
+        "options": masked(dict(backfill.options)),
+        "gap_counts": dict(backfill.gap_counts),
+        "state": str(summary.state),
+        "paused": backfill.paused,
+        "cancelled_at": iso(backfill.cancelled_at),
+        "runs": {
+            "seeded": tally.seeded,
+            "finished": tally.finished,
+            "done": tally.done,
+            "failed": tally.failed,
+            "cancelled": tally.cancelled,
+            "live": tally.live,
+        },
+        "counts": {state: tally.of(state) for state in STATES},
+        "progress": progress_json(summary.progress),
+    }
+
+
+def backfills_json(listing: Listing, *, now: datetime) -> dict[str, Any]:
+    """``retro backfills --json`` (``retro.backfills/1``)."""
+    return {
+        "schema": "retro.backfills/1",
+        "generated_at": iso(now),
+        "total": listing.total,
+        "window_seconds": listing.window,
+        "backfills": [backfill_json(summary) for summary in listing.summaries],
+    }
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    """One ``backfill_actions`` row: what was done, by whom, when, with what data."""
+    return {
+        "type": str(action.type),
+        "by": action.by,
+        "at": iso(action.at),
+        "data": masked(dict(action.data)),
+    }
+
+
+def steered_json(steered: Steered) -> dict[str, Any]:
+    """``retro pause|resume|retry --backfill --json`` (``retro.backfill_action/1``)."""
+    return {
+        "schema": "retro.backfill_action/1",
+        "action": str(steered.action),
+        "changed": steered.changed,
+        "by": steered.by,
+        "at": iso(steered.at),
+        "runs": list(steered.runs),
+        "since": None if steered.since is None else action_json(steered.since),
+        "backfill": backfill_json(steered.summary),
     }
 
 
@@ -246,10 +323,12 @@ def start_json(report: SeedReport) -> dict[str, Any]:
     }
 
 
-def cancel_json(report: CancelReport) -> dict[str, Any]:
-    """``retro cancel --json`` (``retro.cancel/1``)."""
+def cancel_json(report: CancelReport, backfill: BackfillCancel | None = None) -> dict[str, Any]:
+    """``retro cancel --json`` (``retro.cancel/1``); with ``--backfill`` its
+    ``backfill`` (the backfill after the cancel) is set, else ``null``."""
     return {
         "schema": "retro.cancel/1",
+        "backfill": None if backfill is None else backfill_json(backfill.summary),
         "cancelled": [
             {
                 "run_id": c.run.id,

@@ -51,7 +51,7 @@ from retro.metrics import Metrics
 from retro.queue import FINISHED_STATES, Queues
 from retro.queue import is_unreachable as queue_is_unreachable
 from retro.stages import STAGES
-from retro.store import db, outbox, runs
+from retro.store import backfills, db, outbox, runs
 from retro.store.facts import MatchFacts, match_facts
 
 log = logging.getLogger("retro")
@@ -133,6 +133,11 @@ class Ticker:
         """Runs this process stopped trying (even ``RunFailed`` was refused): the cause."""
         self.recorder = outbox.recorder_of(engine)
         """Counts the notifications appends record (``None``: ``notify_url`` unset)."""
+        self.paused: frozenset[str] = frozenset()
+        """The paused backfills, as read at the start of the current tick (plus any
+        an append found paused since): their runs start no job."""
+        self._paused_said: dict[str, int] = {}
+        """Paused backfill id -> its live runs, as last logged: one line per change."""
 
     def _recorded(self) -> int:
         return 0 if self.recorder is None else self.recorder.recorded
@@ -158,9 +163,12 @@ class Ticker:
         report = TickReport()
         self._waits = {}
         async with self.engine.connect() as conn:
+            paused = await backfills.paused_live(conn)
             due = await runs.due(
                 conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
             )
+        self.paused = frozenset(paused)
+        self._say_paused(paused)
         starting = due.resuming + due.pending  # each takes a free slot first
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in starting]
         await self._work(work, now, report)
@@ -189,6 +197,26 @@ class Ticker:
         self.metrics.waited(self._waits.values(), self.queues.names.values())
         self.metrics.ticked()
         return report
+
+    def _say_paused(self, paused: dict[str, tuple[str, int]]) -> None:
+        """Log once per change that a backfill is paused, with its live runs held
+        (``paused``: id -> (label, live runs)), and once that it no longer is."""
+        for backfill_id, (label, live) in sorted(paused.items()):
+            if self._paused_said.get(backfill_id) == live:
+                continue
+            self._paused_said[backfill_id] = live
+            log.info(
+                "backfill %s (%s) is paused: %d live run%s held; its queued or active jobs "
+                "finish and are judged, no new job starts until `retro resume --backfill %s`",
+                backfill_id,
+                logfmt_value(label),
+                live,
+                "" if live == 1 else "s",
+                backfill_id,
+            )
+        for gone in sorted(set(self._paused_said) - set(paused)):
+            del self._paused_said[gone]
+            log.info("backfill %s is no longer paused", gone)
 
     async def _work(self, work: list[tuple[str, bool]], now: datetime, report: TickReport) -> None:
         """Advance each ``(run id, starting)`` in turn; one run's trouble is logged
@@ -293,8 +321,12 @@ class Ticker:
                 planned = plan(run, facts, now=now, policy=self.policy)  # plan
                 report.again = report.again or planned.again
                 if not planned.events:
-                    if facts.job is not None and match is not None:
-                        await self._recover_job(run, facts.job, match)
+                    job = facts.job
+                    if job is not None and match is not None and is_stale(run, job):
+                        if facts.backfill_paused:
+                            return  # its recovery enqueues anew: not while paused
+                        await runs.refuse_if_paused(conn, run.id, run.backfill_id)
+                        await self._recover_job(run, job, match)
                     return
                 planned = await self._prepare(planned, facts.job)  # prepare effects (step 1)
                 self.crash.reach("before_append")
@@ -302,6 +334,15 @@ class Ticker:
         except runs.ConcurrencyError:
             log.info(
                 "run %s lost an append race to a rival daemon", run_id, extra=run_fields(run_id)
+            )
+            return
+        except runs.BackfillPaused as exc:  # paused since this tick read the flag: not now
+            self.paused |= {exc.backfill_id}
+            log.debug(
+                "run %s not advanced: backfill %s was paused meanwhile",
+                run_id,
+                exc.backfill_id,
+                extra=run_fields(run_id),
             )
             return
         self.crash.reach("after_append")
@@ -374,7 +415,8 @@ class Ticker:
         self._warn_if_unconsumed(run, job, workers)
         self.metrics.job_seen(run, job)
         facts = _facts(match, job, workers)
-        return replace(facts, queue_paused=paused), match
+        held = run.backfill_id in self.paused
+        return replace(facts, queue_paused=paused, backfill_paused=held), match
 
     def _note_job(self, run: Run, job: JobView, workers: int | None, paused: bool | None) -> None:
         """Say once per run that BullMQ gave a state retro does not know, and once per

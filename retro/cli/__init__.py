@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import click
 
+from retro.cli.backfills import backfills, pause, resume
 from retro.cli.common import COMMAND_LINE_ONLY, fail, option_envvars
 from retro.cli.configure import config_command, db
 from retro.cli.daemon import demo, run, workers
@@ -42,6 +43,9 @@ for command in (
     db,
     history,
     cancel,
+    backfills,
+    pause,
+    resume,
     runs,
 ):
     cli.add_command(command)

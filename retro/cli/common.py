@@ -53,6 +53,11 @@ COMMAND_LINE_ONLY = {
     "RETRO_RUNS_MATCH": "runs --match",
     "RETRO_RUNS_SINCE": "runs --since",
     "RETRO_DEMO_WORKDIR": "demo --workdir",
+    "RETRO_BACKFILL": "status --backfill",
+    "RETRO_CANCEL_BACKFILL": "cancel --backfill",
+    "RETRO_RETRY_BACKFILL": "retry --backfill",
+    "RETRO_PAUSE_BACKFILL": "pause --backfill",
+    "RETRO_RESUME_BACKFILL": "resume --backfill",
 }
 """Options that choose what a command does (which runs or matches it touches, whether
 it writes, whether it keeps running) and so read no environment variable, by the

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from rich.text import Text
 
-from retro import commands
+from retro import backfill_commands, commands
 from retro.backfill import LEGACY_LABEL, SCAN_LABEL
+from retro.cli.backfill_render import cancelled_line, steered_lines
+from retro.cli.backfills import backfill_option
 from retro.cli.common import (
     connection_options,
     emit,
@@ -31,7 +34,7 @@ from retro.commands import cancel as cancel_runs
 from retro.commands import history as run_history
 from retro.errors import EXIT_FAILURE, EXIT_OK
 from retro.lookup import Of
-from retro.report import cancel_json, history_json, start_json, verify_json
+from retro.report import cancel_json, history_json, start_json, steered_json, verify_json
 from retro.scheduler import utcnow
 from retro.text import escape
 
@@ -39,6 +42,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SHOWN = 20
 """Runs ``retro verify`` names in its text output per finding (``--json`` has all)."""
+
+
+def _lines(lines: list[Text]) -> None:
+    for line in lines:
+        out.print(line)
 
 
 def _label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -77,7 +85,9 @@ def _label(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     "--label",
     callback=_label,
     default=None,
-    help="Name the backfill (e.g. INC-123); default: its window, <from>..<to>.",
+    help="Name the backfill (e.g. INC-123); default: its window, <from>..<to>. A label "
+    "that already names a backfill is refused (exit 2): `retro status --backfill LABEL` "
+    "must name one.",
 )
 @json_option
 @connection_options
@@ -127,11 +137,15 @@ def of_option(verb: str) -> Callable[[F], F]:
     help="Re-arm every failed run.",
 )
 @of_option("means its latest failed run")
+@backfill_option("Re-arm the failed runs of this backfill (BackfillRetried).")
+@json_option
 @connection_options
 def retry(
     run_ids: tuple[str, ...],
     failed: bool,
     of: str,
+    backfill: str | None,
+    as_json: bool,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
@@ -141,11 +155,24 @@ def retry(
 
     Each id is a run id, a unique run-id prefix of at least 6 characters, or a match
     id (its latest failed run). All or nothing: an id that names no failed run, or is
-    ambiguous, is refused (exit 2) and nothing is written.
+    ambiguous, is refused (exit 2) and nothing is written. With --backfill, the runs
+    of a paused backfill wait for its resume; a cancelled backfill is refused
+    (exit 2). --json prints retro.backfill_action/1 (--backfill only).
     """
-    if bool(run_ids) == failed:
-        raise click.UsageError("give run ids or --failed (one of them, not both)")
+    if sum((bool(run_ids), failed, backfill is not None)) != 1:
+        raise click.UsageError("give run ids or --failed, or --backfill (exactly one of them)")
+    if as_json and backfill is None:
+        raise click.UsageError("--json goes with --backfill")
     settings = open_settings(database_url, redis_url, verbose, log_format)
+    if backfill is not None:
+        steered = with_app(
+            settings,
+            verbose,
+            lambda retro: backfill_commands.retry(retro, backfill, now=utcnow()),
+            redis=False,
+        )
+        emit(as_json, steered, steered_json, lambda done: _lines(steered_lines(done)))
+        return
 
     rearmed = with_app(
         settings,
@@ -253,6 +280,7 @@ def history(
     is_flag=True,
     help="Cancel every live run (pending, analyzing, predicting, settling).",
 )
+@backfill_option("Cancel this backfill (BackfillCancelled) and each of its live runs.")
 @click.option(
     "--reason",
     default=CANCEL_REASON,
@@ -267,6 +295,7 @@ def history(
 def cancel(
     run_ids: tuple[str, ...],
     every_live: bool,
+    backfill: str | None,
     reason: str,
     of: str,
     as_json: bool,
@@ -281,13 +310,31 @@ def cancel(
     id (its live run). A job a worker already runs (active) cannot be removed: it is
     left to finish and its result is ignored. All or nothing: an id that names no
     run or is ambiguous, or a run already done, failed or cancelled, is refused
-    (exit 2) and nothing is written. Safe beside a running daemon.
+    (exit 2) and nothing is written. Safe beside a running daemon. With --backfill:
+    the backfill is marked cancelled, then each of its live runs is cancelled (a
+    finished backfill is refused, exit 2; cancelling it again cancels what is still
+    live).
     """
-    if bool(run_ids) == every_live:
-        raise click.UsageError("give run ids or --all (one of them, not both)")
+    if sum((bool(run_ids), every_live, backfill is not None)) != 1:
+        raise click.UsageError("give run ids or --all, or --backfill (exactly one of them)")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
     settings = open_settings(database_url, redis_url, verbose, log_format)
+    if backfill is not None:
+        done = with_app(
+            settings,
+            verbose,
+            lambda retro: backfill_commands.cancel(
+                retro, backfill, now=utcnow(), reason=reason.strip()
+            ),
+        )
+
+        def render(found: backfill_commands.BackfillCancel) -> None:
+            render_cancel(found.report)
+            out.print(cancelled_line(found))
+
+        emit(as_json, done, lambda found: cancel_json(found.report, found), render)
+        return
 
     report = with_app(
         settings,

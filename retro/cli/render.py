@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 from rich.text import Text
 
+from retro.cli.backfill_render import backfill_header, backfills_table
 from retro.cli.tables import IdTable
 from retro.commands import CancelReport, History, SeedReport, StatusReport
 from retro.config import mask
@@ -146,20 +147,27 @@ def render_status(report: StatusReport, *, now: datetime) -> None:
 def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]:
     """The renderables of ``retro status``, top to bottom (also the watch view's body)."""
     parts: list[RenderableType] = []
-    counts = Table("state", "runs", title="Runs")
+    focus = report.backfill
+    if focus is not None:
+        parts.extend(backfill_header(focus))
+    title = "Runs" if focus is None else "Runs of this backfill"
+    counts = Table("state", "runs", title=title)
     for state in State:
         counts.add_row(str(state), str(report.counts.get(state, 0)))
     parts.append(counts)
-    if report.progress is not None:
+    if report.progress is not None and focus is None:
         p = report.progress
         parts.append(
             Text(
                 f"Progress: {p.done}/{p.total} runs done ({p.percent_done:.0f}%); {p.failed} "
                 f"failed, {p.cancelled} cancelled, {p.live} live (percent done = done runs "
-                "out of every stored run; failed and cancelled count as not done)"
+                "out of every stored run; failed and cancelled count as not done; each "
+                "backfill's own progress is below and in `retro backfills`)"
             )
         )
         parts.append(Text(describe_eta(p)))
+    if report.backfills and focus is None:
+        parts.append(backfills_table(report.backfills, title="Backfills in progress"))
     if report.holding:
         table = IdTable(
             "run",
@@ -182,6 +190,8 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
                 job = f"{job}: {item.waiting.text}{over}"
             elif item.waiting_for_worker:
                 job = f"{job}: no worker consuming {item.waiting_for_worker}"
+            if item.backfill_paused:
+                job = f"{job} (backfill paused: no new job after this one)"
             table.add_row(
                 shown(run.id),
                 shown(run.match_id),
@@ -193,6 +203,18 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
                 f"{(now - since).total_seconds():.0f} s",
             )
         parts.append(table)
+    if report.held:
+        held = Table("run", "match", "teams", "phase", "backfill", title="Held: backfill paused")
+        for item in report.held:
+            run = item.run
+            held.add_row(
+                shown(run.id),
+                shown(run.match_id),
+                shown(f"{item.home_team} v {item.away_team}"),
+                f"{run.phase} (no job until resumed)",
+                shown(run.backfill_id),
+            )
+        parts.append(held)
     if report.backoff:
         parts.append(backoff_table(report, now=now))
     if report.failed:
@@ -253,6 +275,8 @@ def backoff_table(report: StatusReport, *, now: datetime) -> IdTable:
             left = (run.not_before - now).total_seconds()
             when = run.not_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
             wait = "due" if run.timed_out else "due; waits for a slot"
+            if item.backfill_paused:
+                wait = "held: backfill paused"
             due = f"{when} (in {left:.0f} s)" if left > 0 else f"{when} ({wait})"
         table.add_row(
             shown(run.id),

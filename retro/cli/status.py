@@ -12,6 +12,8 @@ import click
 
 from retro import commands
 from retro.app import App, unreachable
+from retro.backfill_commands import status as backfill_status
+from retro.cli.backfills import backfill_option
 from retro.cli.common import (
     connection_options,
     emit,
@@ -59,6 +61,7 @@ from retro.scheduler import utcnow
     show_envvar=True,
     help="Seconds of recent hand-offs the ETA's rate is measured over.",
 )
+@backfill_option("Show this backfill alone: its runs, progress and ETA.")
 @connection_options
 def status(
     as_json: bool,
@@ -66,6 +69,7 @@ def status(
     interval: float | None,
     count: int | None,
     eta_window: float,
+    backfill: str | None,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
@@ -76,12 +80,18 @@ def status(
 
     Percent done is done runs out of every stored run. The ETA divides the hand-offs
     still to come (a hand-off is a phase finished: 3 per run) by the rate of
-    hand-offs over the last --eta-window seconds.
+    hand-offs over the last --eta-window seconds. Each backfill with a live run is
+    listed with its own progress (its finished runs out of its seeded runs) and ETA.
+
+    With --backfill: that backfill alone, its counts, progress, ETA and its
+    in-flight, back-off and failed runs.
     """
     if watch and as_json:
         raise click.UsageError("--watch and --json do not go together")
     if not watch and (interval is not None or count is not None):
         raise click.UsageError("--interval and --count need --watch")
+    if watch and backfill is not None:
+        raise click.UsageError("--watch and --backfill do not go together")
     settings = open_settings(database_url, redis_url, verbose, log_format)
     if watch:
         watch_status(settings, interval or 2.0, count, eta_window, verbose)
@@ -89,6 +99,8 @@ def status(
 
     async def read(retro: App) -> tuple[StatusReport, datetime]:
         now = utcnow()
+        if backfill is not None:
+            return await backfill_status(retro, backfill, now=now, window=eta_window), now
         return await commands.status(retro, now=now, window=eta_window), now
 
     report, now = with_app(settings, verbose, read, redis_optional=True)

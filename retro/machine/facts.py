@@ -41,6 +41,10 @@ class Facts:
     has_external_id: bool = True
     """The match's ``external_id`` names something (:func:`has_external_id`): the
     analysis worker can look the match up. ``True`` when not looked up."""
+    backfill_paused: bool = False
+    """The run's backfill is paused (``retro pause --backfill``): the run starts no
+    new job (no ``…Requested``, no ``JobReenqueued``); a job it already has is
+    still judged (:func:`retro.machine.decide`)."""
 
 
 @dataclass(frozen=True)

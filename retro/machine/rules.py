@@ -74,7 +74,21 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     then the run fails with the reason. With ``policy.require_external_id``, an
     analysis job for a match with no ``external_id`` is never requested: the run
     fails at once (:data:`NO_EXTERNAL_ID`).
+
+    A run of a paused backfill (``facts.backfill_paused``, issue 11) starts no new
+    job: where the rules would request one (``…Requested``) or enqueue a lost one
+    again (``JobReenqueued``) it waits instead. Every judgement still happens (a
+    job it already has finishes and is judged; the data, the match's status and a
+    failure limit still end a phase or the run).
     """
+    event = _decide(run, facts, now=now, policy=policy)
+    if facts.backfill_paused and isinstance(event, Requested | JobReenqueued):
+        return None
+    return event
+
+
+def _decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | None:
+    """:func:`decide` as if the run's backfill were not paused."""
     if run.state in TERMINAL:
         return None
     if not facts.match_found:

@@ -225,9 +225,17 @@ class Run:
     @property
     def holds_slot(self) -> bool:
         """Whether the run holds a ``max_in_flight`` slot: it is in flight (analyzing,
-        predicting, settling) and not sleeping out a retry back-off, unless that
-        back-off follows a timeout (``timed_out``: BullMQ may still run the job
-        judged, which the retry adopts). It then has a job requested, queued or
-        active (or possibly active), or is entering or finishing a phase. The SQL
+        predicting, settling), not entering a phase and not sleeping out a retry
+        back-off, unless that back-off follows a timeout (``timed_out``: BullMQ may
+        still run the job judged, which the retry adopts). It then has a job
+        requested, queued or active (or possibly active), or is judging one
+        (``failed``) or finishing its settlement. A run entering a phase has no job
+        yet and holds none: the tick's plan goes on to the request in the same
+        step, so it only rests there while its backfill is paused (issue 11), and
+        it takes a free slot again, as a start does, before its request. The SQL
         twin is :data:`retro.store.runs.HOLDS_SLOT_SQL`."""
-        return self.state in IN_FLIGHT and (self.step is not Step.BACKOFF or self.timed_out)
+        return (
+            self.state in IN_FLIGHT
+            and self.step is not Step.ENTER
+            and (self.step is not Step.BACKOFF or self.timed_out)
+        )

@@ -56,6 +56,20 @@ class AppendRejected(RuntimeError):
         super().__init__(f"run {run_id}: the database refused the append{named}: {cause}")
 
 
+class BackfillPaused(AppendRejected):
+    """The events would start a job (a ``…Requested`` or ``JobReenqueued``) for a
+    run whose backfill is paused (``retro pause --backfill``): nothing was written.
+    Not an error of the run: it goes on once the backfill is resumed.
+
+    Attributes:
+        backfill_id: the paused backfill.
+    """
+
+    def __init__(self, run_id: str, backfill_id: str) -> None:
+        self.backfill_id = backfill_id
+        super().__init__(run_id, None, f"backfill {backfill_id} is paused")
+
+
 def _sqlite_signature(table: Table, columns: list[str]) -> str:
     return ", ".join(f"{table.name}.{column}" for column in columns)
 

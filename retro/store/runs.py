@@ -5,7 +5,8 @@
 transaction, guarded by the run's ``version`` (and records the notifications they
 cause there too: :mod:`retro.store.outbox`). A lost race (a rival daemon
 appended first) surfaces as :class:`ConcurrencyError`; a second live run of a
-match as :class:`LiveRunExists`; any other refusal as :class:`AppendRejected`
+match as :class:`LiveRunExists`; a job request of a paused backfill as
+:class:`BackfillPaused`; any other refusal as :class:`AppendRejected`
 (translated by constraint name in :mod:`retro.store.constraints`).
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from retro.events import (
     HANDOFF_TYPES,
     Event,
+    JobReenqueued,
+    Requested,
     RunRearmed,
     RunSeeded,
     UnknownEvent,
@@ -45,11 +48,12 @@ from retro.machine import (
     seed,
 )
 from retro.store.constraints import AppendRejected as AppendRejected  # re-exported
+from retro.store.constraints import BackfillPaused as BackfillPaused
 from retro.store.constraints import ConcurrencyError as ConcurrencyError
 from retro.store.constraints import LiveRunExists as LiveRunExists
 from retro.store.constraints import translate
 from retro.store.outbox import after_append
-from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
+from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs, backfills
 from retro.text import escape
 
 
@@ -134,6 +138,10 @@ async def append(
         ConcurrencyError: a rival appended first (seq taken or version moved).
         LiveRunExists: the match already has a live run (on ``RunSeeded`` or
             ``RunRearmed``).
+        BackfillPaused: the events start a job (a ``…Requested`` or
+            ``JobReenqueued``) and the run's backfill is paused (an
+            :class:`AppendRejected`; read under the backfill's row lock: see
+            :func:`refuse_if_paused`).
         AppendRejected: the database refused the events for another reason
             (a constraint or trigger retro does not own); not a race.
         IllegalTransition: an event is impossible in the run's state.
@@ -158,6 +166,8 @@ async def append(
             }
         )
     assert current is not None
+    if any(isinstance(event, STARTS) for event in events):
+        await refuse_if_paused(conn, current.id, current.backfill_id)
     try:
         await conn.execute(insert(backfill_events), rows)
         if run is None:
@@ -174,6 +184,29 @@ async def append(
         raise translate(exc, current.id) from exc
     await after_append(conn, run, events, projected)  # notifications, same transaction
     return current
+
+
+STARTS = (Requested, JobReenqueued)
+"""Events that put a job in BullMQ (after their commit): what a paused backfill
+refuses (:func:`refuse_if_paused`)."""
+
+
+async def refuse_if_paused(conn: AsyncConnection, run_id: str, backfill_id: str) -> None:
+    """Raise :class:`BackfillPaused` if ``backfill_id`` is paused, in ``conn``'s
+    transaction.
+
+    On PostgreSQL the row is read ``FOR SHARE``: a ``retro pause`` updating it
+    (:func:`retro.store.backfills.set_paused`) waits for this transaction, and this
+    read waits for a pause in progress and then sees it; so a rival daemon that
+    decided on a backfill not yet paused cannot commit a job request after the
+    pause committed. SQLite serialises writing transactions anyway. A backfill
+    without a row (runs written by hand) is not paused.
+    """
+    paused = await conn.scalar(
+        select(backfills.c.paused).where(backfills.c.id == backfill_id).with_for_update(read=True)
+    )
+    if paused:
+        raise BackfillPaused(run_id, backfill_id)
 
 
 def _project_onto(run: Run | None, events: Sequence[Event]) -> list[Run]:
@@ -234,15 +267,19 @@ async def all_ids(conn: AsyncConnection) -> list[str]:
 @dataclass(frozen=True)
 class Due:
     """Runs a tick should look at, in this order: ``in_flight`` ids (they hold a
-    ``max_in_flight`` slot), then ``resuming`` ids (their retry back-off is over)
-    and ``pending`` ids, each of which must take a free slot before it goes on."""
+    ``max_in_flight`` slot), then ``resuming`` ids (their retry back-off is over,
+    or they rest entering a phase: a backfill resumed) and ``pending`` ids, each of
+    which must take a free slot before it goes on. Runs of a paused backfill are
+    never ``resuming`` nor ``pending``: they start nothing."""
 
     in_flight: list[str]
     resuming: list[str]
     pending: list[str]
 
 
-HOLDS_SLOT_SQL = f"{IN_FLIGHT_SQL} AND (step != '{Step.BACKOFF}' OR timed_out)"
+HOLDS_SLOT_SQL = (
+    f"{IN_FLIGHT_SQL} AND step != '{Step.ENTER}' AND (step != '{Step.BACKOFF}' OR timed_out)"
+)
 """:attr:`retro.machine.Run.holds_slot` as a condition on ``backfill_runs``; it contains
 ``IN_FLIGHT_SQL`` literally, so the partial index ``ix_backfill_runs_in_flight``
 serves it."""
@@ -296,8 +333,10 @@ async def starters(
 ) -> list[str]:
     """Up to ``limit`` run ids that need a free slot to go on, in the order they
     get one: runs whose retry back-off is over at ``now`` (aware UTC; under
-    ``policy``, default :class:`Policy`), earliest ``not_before`` first, then
-    pending runs, oldest first.
+    ``policy``, default :class:`Policy`) and runs resting at the entry of a phase
+    (their backfill was paused and is resumed), earliest ``next_check_at`` first,
+    then pending runs, oldest first. A run of a paused backfill is never one: it
+    takes no slot and starts no job (issue 11).
 
     A back-off that is over goes before every pending run: its run started
     before them (pending runs start oldest first), has spent host work already
@@ -316,30 +355,49 @@ async def _starters(
     if limit <= 0:
         return [], []
     rows = await conn.execute(
-        select(backfill_runs.c.id, backfill_runs.c.attempt, backfill_runs.c.next_check_at)
+        select(
+            backfill_runs.c.id,
+            backfill_runs.c.step,
+            backfill_runs.c.attempt,
+            backfill_runs.c.next_check_at,
+        )
         .where(
             text(IN_FLIGHT_SQL),
-            backfill_runs.c.step == str(Step.BACKOFF),
-            backfill_runs.c.timed_out.is_(False),  # a timed-out back-off holds its slot
+            or_(
+                and_(
+                    backfill_runs.c.step == str(Step.BACKOFF),
+                    backfill_runs.c.timed_out.is_(False),  # a timed-out back-off holds its slot
+                ),
+                backfill_runs.c.step == str(Step.ENTER),  # rests there only while paused
+            ),
+            _not_paused(),
         )
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
     )
     resuming = [
         run_id
-        for run_id, attempt, next_check in rows
-        if backoff_over(next_check, attempt, now, policy)
+        for run_id, step, attempt, next_check in rows
+        if step == str(Step.ENTER) or backoff_over(next_check, attempt, now, policy)
     ][:limit]
     return resuming, await pending(conn, limit=limit - len(resuming))
 
 
+def _not_paused() -> Any:
+    """SQL condition on ``backfill_runs``: the run's backfill is not paused."""
+    return backfill_runs.c.backfill_id.not_in(
+        select(backfills.c.id).where(backfills.c.paused.is_(True))
+    )
+
+
 async def pending(conn: AsyncConnection, *, limit: int) -> list[str]:
-    """Up to ``limit`` pending run ids, oldest first (by index): whatever the wall
-    clock says now, as a pending run waits for nothing but a slot."""
+    """Up to ``limit`` pending run ids, oldest first (by index), of backfills not
+    paused: whatever the wall clock says now, as a pending run waits for nothing
+    but a slot."""
     if limit <= 0:
         return []
     rows = await conn.execute(
         select(backfill_runs.c.id)
-        .where(backfill_runs.c.state == str(State.PENDING))
+        .where(backfill_runs.c.state == str(State.PENDING), _not_paused())
         .order_by(backfill_runs.c.next_check_at, backfill_runs.c.id)
         .limit(limit)
     )
@@ -383,27 +441,44 @@ async def serialize_starts(conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(7412004)"))
 
 
-async def counts_by_state(conn: AsyncConnection) -> dict[str, int]:
-    """Number of runs in each state (states with none are absent)."""
-    rows = await conn.execute(
-        select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
-    )
-    return {state: int(n) for state, n in rows}
+async def counts_by_state(
+    conn: AsyncConnection, *, backfill_id: str | None = None
+) -> dict[str, int]:
+    """Number of runs in each state (states with none are absent); only the runs of
+    ``backfill_id`` with it."""
+    query = select(backfill_runs.c.state, func.count()).group_by(backfill_runs.c.state)
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    return {state: int(n) for state, n in await conn.execute(query)}
 
 
 async def list_runs(
-    conn: AsyncConnection, *, states: Sequence[State] | None = None, limit: int = 1000
+    conn: AsyncConnection,
+    *,
+    states: Sequence[State] | None = None,
+    limit: int = 1000,
+    backfill_id: str | None = None,
 ) -> list[Run]:
-    """Runs (optionally only in ``states``), most recently updated first."""
+    """Runs (optionally only in ``states``, only of ``backfill_id``), most recently
+    updated first."""
     query = select(backfill_runs).order_by(backfill_runs.c.updated_at.desc()).limit(limit)
     if states is not None:
         query = query.where(backfill_runs.c.state.in_([str(s) for s in states]))
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
     return [run_from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
 async def idle(conn: AsyncConnection, *, ignore: Collection[str] = ()) -> bool:
-    """True when no run is left that is not terminal, apart from the ``ignore`` ids."""
-    query = select(func.count()).where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
+    """True when no run is left that is not terminal, apart from the ``ignore`` ids
+    and the runs of paused backfills that hold no slot (pending, resting at a
+    phase's entry, in a back-off after a failure): nothing moves them until an
+    operator resumes their backfill. A run of a paused backfill whose job is still
+    out is not idle: that job finishes and is judged first."""
+    query = select(func.count()).where(
+        backfill_runs.c.state.not_in([str(s) for s in TERMINAL]),
+        or_(_not_paused(), text(f"({HOLDS_SLOT_SQL})")),
+    )
     if ignore:
         query = query.where(backfill_runs.c.id.not_in(sorted(ignore)))
     return not await conn.scalar(query)
@@ -528,8 +603,15 @@ class Handoffs:
     oldest_event_at: datetime | None
 
 
-async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
-    """Count hand-off events with ``at >= since`` (aware UTC)."""
+async def handoffs_since(
+    conn: AsyncConnection, since: datetime, *, backfill_id: str | None = None
+) -> Handoffs:
+    """Count hand-off events with ``at >= since`` (aware UTC); only those of
+    ``backfill_id``'s runs with it (and the oldest event among its runs' events)."""
+    if backfill_id is not None:
+        return (await handoffs_by_backfill(conn, since, backfill_id=backfill_id)).get(
+            backfill_id, Handoffs(count=0, oldest_event_at=None)
+        )
     count = await conn.scalar(
         select(func.count()).where(
             backfill_events.c.at >= since, backfill_events.c.type.in_(HANDOFF_TYPES)
@@ -541,19 +623,62 @@ async def handoffs_since(conn: AsyncConnection, since: datetime) -> Handoffs:
     return Handoffs(count=int(count or 0), oldest_event_at=oldest)
 
 
-async def phases_left(conn: AsyncConnection, per_state: Mapping[str, int]) -> int:
+async def handoffs_by_backfill(
+    conn: AsyncConnection, since: datetime, *, backfill_id: str | None = None
+) -> dict[str, Handoffs]:
+    """:func:`handoffs_since` for each backfill with an event at or after ``since``
+    (aware UTC), by backfill id, in one query (events joined to their runs);
+    only ``backfill_id``'s with it."""
+    handoff = case((backfill_events.c.type.in_(HANDOFF_TYPES), 1), else_=0)
+    query = (
+        select(
+            backfill_runs.c.backfill_id,
+            func.sum(handoff),
+            func.min(backfill_events.c.at),  # keeps the column's type: aware UTC
+        )
+        .select_from(
+            backfill_events.join(backfill_runs, backfill_runs.c.id == backfill_events.c.run_id)
+        )
+        .where(backfill_events.c.at >= since)
+        .group_by(backfill_runs.c.backfill_id)
+    )
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    return {
+        owner: Handoffs(count=int(n or 0), oldest_event_at=oldest)
+        for owner, n, oldest in await conn.execute(query)
+    }
+
+
+async def phases_left(
+    conn: AsyncConnection, per_state: Mapping[str, int], *, backfill_id: str | None = None
+) -> int:
     """Hand-offs still to come for the live runs: ``per_state[state]`` for each live
     run (3 for a pending or analyzing run, 2 for a predicting one, 1 for a settling
-    one: :data:`retro.progress.HANDOFFS_LEFT`), 0 once its settlement finished."""
-    rows = await conn.execute(
-        select(backfill_runs.c.state, backfill_runs.c.step, func.count())
+    one: :data:`retro.progress.HANDOFFS_LEFT`), 0 once its settlement finished;
+    only ``backfill_id``'s runs with it."""
+    left = await phases_left_by_backfill(conn, per_state, backfill_id=backfill_id)
+    return sum(left.values())
+
+
+async def phases_left_by_backfill(
+    conn: AsyncConnection, per_state: Mapping[str, int], *, backfill_id: str | None = None
+) -> dict[str, int]:
+    """:func:`phases_left` for each backfill with a live run, by backfill id, in one
+    query; only ``backfill_id``'s with it."""
+    query = (
+        select(
+            backfill_runs.c.backfill_id, backfill_runs.c.state, backfill_runs.c.step, func.count()
+        )
         .where(backfill_runs.c.state.not_in([str(s) for s in TERMINAL]))
-        .group_by(backfill_runs.c.state, backfill_runs.c.step)
+        .group_by(backfill_runs.c.backfill_id, backfill_runs.c.state, backfill_runs.c.step)
     )
-    total = 0
-    for state, step, n in rows:
+    if backfill_id is not None:
+        query = query.where(backfill_runs.c.backfill_id == backfill_id)
+    totals: dict[str, int] = {}
+    for owner, state, step, n in await conn.execute(query):
         per_run = per_state.get(state, 0)
         if state == "settling" and step == str(Step.FINISHED):
             per_run = 0
-        total += per_run * int(n)
-    return total
+        totals[owner] = totals.get(owner, 0) + per_run * int(n)
+    return totals

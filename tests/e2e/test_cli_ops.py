@@ -219,6 +219,8 @@ def test_operator_commands_after_a_partial_heal(tmp_path: Path, backend: Backend
             "waiting",
             "since",
             "elapsed_seconds",
+            "backfill_id",
+            "held",
         }
         if item["job_state"] in ("waiting", "prioritized"):  # no worker runs here
             assert item["waiting"]["reason"] == "no-worker", item

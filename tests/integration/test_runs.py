@@ -407,8 +407,10 @@ async def in_backoff(
 async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> None:
     now = T0 + timedelta(minutes=10)
     # One run in every place a run can stand, and whether it holds a slot, written
-    # out by hand from the rule: a job requested, queued or active, or entering or
-    # finishing a phase, holds one; pending, back-off and the terminal states do not.
+    # out by hand from the rule: a job requested, queued or active, a job being
+    # judged, or a settlement finishing, holds one; pending, entering a phase (no
+    # job yet: it rests there only while its backfill is paused), back-off and the
+    # terminal states do not.
     expected: dict[str, bool] = {}
     await append(engine, None, seeded("pending", "m0", T0))
     expected["pending"] = False
@@ -423,7 +425,7 @@ async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> N
     expected["backoff-due"] = False
     entering = await in_analysis(engine, "entering", "m5", T0)
     await append(engine, entering, AnalysisCompleted(at=T0))
-    expected["entering"] = True
+    expected["entering"] = False
     settling = await in_analysis(engine, "finishing", "m6", T0)
     settling = await append(
         engine,
@@ -447,12 +449,13 @@ async def test_a_slot_is_held_by_work_not_by_a_backoff(engine: AsyncEngine) -> N
         assert {run.id: run.holds_slot for run in stored} == expected
         holders = sum(expected.values())
         assert await runs.count_holding(conn) == holders  # the SQL twin agrees
-        assert await runs.count_in_flight(conn) == holders + 2  # plus the back-offs
-        due = await runs.due(conn, now=now, max_in_flight=holders + 2)
+        assert await runs.count_in_flight(conn) == holders + 3  # plus back-offs, entering
+        due = await runs.due(conn, now=now, max_in_flight=holders + 3)
         assert sorted(due.in_flight) == sorted(r for r, held in expected.items() if held)
-        assert due.resuming == ["backoff-due"]  # the other one sleeps on
+        # the due back-off and the entering run, by next_check_at; the other sleeps on
+        assert sorted(due.resuming) == ["backoff-due", "entering"]
         assert due.pending == ["pending"]
-        assert (await runs.due(conn, now=now, max_in_flight=holders + 1)).pending == []
+        assert (await runs.due(conn, now=now, max_in_flight=holders + 2)).pending == []
         assert (await runs.due(conn, now=now, max_in_flight=holders)).resuming == []
         assert await runs.slot_free(conn, holders + 1)
         assert not await runs.slot_free(conn, holders)

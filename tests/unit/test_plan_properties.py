@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from retro.events import (
     REQUESTED,
+    AnalysisCompleted,
     AnalysisRequested,
     AnalysisSkipped,
     Event,
@@ -27,6 +28,7 @@ from retro.events import (
     JobReenqueued,
     Phase,
     PredictionsCompleted,
+    PredictionsRequested,
     Requested,
     RetryScheduled,
     RunSeeded,
@@ -88,6 +90,8 @@ fact_specs = st.fixed_dictionaries(
         "unscored": st.sampled_from([0, 1, 3, 3]),
         "job": jobs,
         "workers": st.one_of(st.none(), st.integers(0, 2)),
+        # now and then the run's backfill is paused (issue 11): no job starts
+        "backfill_paused": st.integers(0, 5).map(lambda n: n == 0),
     }
 )
 policies = st.builds(
@@ -335,6 +339,38 @@ def test_the_same_facts_always_give_the_same_plan(data: tuple[Any, ...]) -> None
     plan(run, without_job(facts), now=now + timedelta(hours=1), policy=policy)  # in between
     again = plan(copy.deepcopy(run), copy.deepcopy(facts), now=now, policy=copy.deepcopy(policy))
     assert again == planned
+
+
+@CHECK
+@given(data=scenario)
+def test_a_paused_plan_starts_no_job_and_judges_as_an_unpaused_one(
+    data: tuple[Any, ...],
+) -> None:
+    """With its backfill paused a plan holds no ``…Requested`` and no
+    ``JobReenqueued``, and is exactly the unpaused plan on the same facts cut
+    before its first such event: every judgement (a job failed, a phase done, the
+    run failed or cancelled) still happens, nothing else changes."""
+    run, _, facts, now, policy = scene(data)
+    paused = plan(run, replace(facts, backfill_paused=True), now=now, policy=policy)
+    free = plan(run, replace(facts, backfill_paused=False), now=now, policy=policy)
+    assert not any(isinstance(e, Requested | JobReenqueued) for e in paused.events)
+    starts = [i for i, e in enumerate(free.events) if isinstance(e, Requested | JobReenqueued)]
+    cut = starts[0] if starts else len(free.events)
+    assert paused.events == free.events[:cut]
+    assert paused.runs == free.runs[:cut]
+    assert not paused.again  # nothing to look at again until it is resumed
+
+
+def test_a_paused_run_judges_its_job_then_rests_at_the_next_phase_holding_no_slot() -> None:
+    run, _ = with_job()
+    done = replace(NO_ANALYSIS, has_analysis=True, predictions_expected=3, backfill_paused=True)
+    job = JobView(state=JobState.COMPLETED, created_at=T0)
+    planned = plan(run, replace(done, job=job), now=T0, policy=Policy())
+    assert [type(e) for e in planned.events] == [AnalysisCompleted]
+    assert (planned.final.state, planned.final.step) == ("predicting", Step.ENTER)
+    assert planned.run.holds_slot and not planned.final.holds_slot
+    resumed = plan(planned.final, replace(done, backfill_paused=False), now=T0, policy=Policy())
+    assert [type(e) for e in resumed.events] == [PredictionsRequested]
 
 
 # --- the rules on hand-picked runs -------------------------------------------------
