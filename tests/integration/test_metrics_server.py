@@ -1,6 +1,6 @@
-"""The metrics server on both backends, in process: ``/metrics`` counts runs by state in
-the database (a synchronous engine made from the async URL) and ``/healthz`` checks the
-last tick, the database and Redis."""
+"""The HTTP server's ``/metrics`` and ``/healthz`` on both backends, in process:
+``/metrics`` counts runs by state in the database (a synchronous engine made from the
+async URL) and ``/healthz`` checks the last tick, the database and Redis."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from prometheus_client.parser import text_string_to_metric_families
 
 from retro.app import App
+from retro.board.app import Site
+from retro.board.server import HttpServer
 from retro.config import Settings
-from retro.metrics import MetricsServer
 from tests.conftest import Backend
 from tests.healing import seed_runs
 
@@ -34,10 +35,10 @@ async def test_metrics_server_counts_runs_and_checks_health(backend: Backend) ->
     settings = Settings(
         database_url=backend.database_url, redis_url=backend.redis_url, queue_prefix=backend.prefix
     )
-    server = MetricsServer("127.0.0.1", 0)  # port 0: any free port (the CLI treats 0 as off)
+    server = HttpServer("127.0.0.1", 0)  # port 0: any free port (the CLI treats 0 as off)
     try:
         async with App(settings) as app:
-            server.serve(app.probes())
+            server.start(Site(settings, app.probes()))
             base = f"http://127.0.0.1:{server.port}"
             status, body = await asyncio.to_thread(get, f"{base}/healthz")
             assert status == 503, body  # no tick yet

@@ -1,0 +1,451 @@
+"""What the board shows: every page's reads, as plain frozen values.
+
+The routes (:mod:`retro.board.app`) only render what these functions return. A
+:class:`Reader` holds the board's own connections, opened in the board's event
+loop (:mod:`retro.board.server`): an :class:`~retro.app.App` without Redis for the
+database (the operator commands take one) and a :class:`~retro.queue.Queues` for
+BullMQ. Every Redis read is bounded (:data:`REDIS_SECONDS`) and a Redis that does
+not answer is reported on the page, never raised.
+
+Per-backfill progress (tally, state, ETA) is read here by :func:`summaries` and
+:func:`summary` until the backfill commands' read model lands; they are the one
+place to swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from retro import commands
+from retro.app import App
+from retro.backfill import Backfill, BackfillState
+from retro.clock import Clocks
+from retro.config import error_line
+from retro.events import HANDOFF_TYPES, Phase
+from retro.machine import TERMINAL, JobMeaning, Run, State, Step, Waiting
+from retro.progress import DEFAULT_WINDOW, HANDOFFS_LEFT, MIN_SPAN
+from retro.queue import JobOptions, Queues, is_unreachable, queue_names
+from retro.report import history_json
+from retro.store import backfills
+from retro.store.facts import match_facts
+from retro.store.runs import run_from_row
+from retro.store.schema import backfill_events, backfill_runs, matches
+from retro.tick import wait_of
+
+REDIS_SECONDS = 3.0
+"""Seconds a page's Redis reads may take together before Redis is shown unreachable."""
+CHART_MINUTES = 60
+"""Minutes of hand-offs the backfill page charts, one bar a minute."""
+RUNS_SHOWN = 500
+"""Most runs one backfill page lists (newest first); the tally counts them all."""
+FAILURES_SHOWN = 50
+"""Most failed runs (with reasons) one backfill page lists."""
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A backfill's runs by state (``counts``: state value -> runs)."""
+
+    counts: Mapping[str, int]
+
+    def __getitem__(self, state: State) -> int:
+        return self.counts.get(str(state), 0)
+
+    @property
+    def seeded(self) -> int:
+        """Runs the backfill seeded (any state)."""
+        return sum(self.counts.values())
+
+    @property
+    def finished(self) -> int:
+        """Runs that ended: done, failed or cancelled."""
+        return sum(self[state] for state in TERMINAL)
+
+    @property
+    def live(self) -> int:
+        """Runs not ended (pending or in flight)."""
+        return self.seeded - self.finished
+
+    def percent(self, state: State | None = None) -> float:
+        """``100 * finished / seeded`` (``state``: that state's runs only); 0.0 for
+        a backfill without runs."""
+        part = self.finished if state is None else self[state]
+        return 100.0 * part / self.seeded if self.seeded else 0.0
+
+
+@dataclass(frozen=True)
+class BackfillSummary:
+    """One backfill as the board lists it.
+
+    Attributes:
+        backfill: its row.
+        tally: its runs by state; progress is ``tally.finished / tally.seeded``.
+        state: running, paused, finished or cancelled (:meth:`Backfill.state`).
+        rate: its hand-offs per minute over the last :data:`DEFAULT_WINDOW`
+            seconds, ``None`` without a hand-off in that window.
+        eta: seconds until its live runs are done at ``rate``; 0.0 when nothing is
+            left, ``None`` when unknown. The rule is :mod:`retro.progress`'s, per backfill.
+    """
+
+    backfill: Backfill
+    tally: Tally
+    state: BackfillState
+    rate: float | None
+    eta: float | None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A run with its match's teams (``None`` when the match row is gone)."""
+
+    run: Run
+    home_team: str | None
+    away_team: str | None
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Hand-offs per minute: ``counts[i]`` in the minute starting at ``start +
+    i`` minutes (aware UTC), oldest first, :data:`CHART_MINUTES` of them."""
+
+    start: datetime
+    counts: Sequence[int]
+
+    @property
+    def bars(self) -> list[tuple[datetime, int]]:
+        """``(minute start, hand-offs)`` per bar, oldest first."""
+        return [(self.start + timedelta(minutes=i), n) for i, n in enumerate(self.counts)]
+
+    @property
+    def peak(self) -> int:
+        """The most hand-offs in one minute (0 without any)."""
+        return max(self.counts, default=0)
+
+
+@dataclass(frozen=True)
+class BackfillPage:
+    """The backfill page: its summary, its runs (``state`` filter or all), its
+    failed runs with reasons and its hand-off chart."""
+
+    summary: BackfillSummary
+    state: State | None
+    runs: list[RunRow]
+    failures: list[RunRow]
+    chart: Chart
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run's current job as BullMQ sees it now.
+
+    Attributes:
+        phase, job_id: the job retro requested last (its run's phase).
+        state: BullMQ's state (``waiting``, ``active``, …; ``unknown`` if absent),
+            ``None`` when Redis did not answer (``error`` says why).
+        waiting: how long and why it waits for a worker (schedule-to-start), or
+            ``None`` when no worker is missing.
+        error: why Redis could not be read (masked), else ``None``.
+    """
+
+    phase: Phase
+    job_id: str
+    state: str | None = None
+    waiting: Waiting | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """The run page: ``history`` is exactly ``retro history RUN --json``
+    (``retro.history/1``, :func:`retro.report.history_json`); ``job`` is its
+    current job, ``None`` when it has none outstanding."""
+
+    run: RunRow
+    history: dict[str, Any]
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue: its stage, name, workers (``None``: Redis would not list its
+    clients) and whether it is paused (``None``: unknown)."""
+
+    phase: Phase
+    name: str
+    workers: int | None
+    paused: bool | None
+
+
+@dataclass(frozen=True)
+class WorkersPage:
+    """The workers page: queues (empty when Redis did not answer; ``redis_error``
+    says why) and the health checks (:meth:`retro.metrics.Health.check`)."""
+
+    queues: list[QueueRow]
+    redis_error: str | None
+    checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+class Reader:
+    """The board's connections: ``app`` (entered, without Redis: the engine and the
+    policy), ``queues`` on the Redis at ``redis_url`` (connected on first use) and
+    clocks of its own (schedule-to-start from first sight, :mod:`retro.clock`)."""
+
+    def __init__(self, app: App, redis_url: str) -> None:
+        self.app = app
+        settings = app.settings
+        self.queues = Queues(
+            redis_url,
+            prefix=settings.queue_prefix,
+            names=queue_names(settings),
+            options=JobOptions(
+                priority=settings.job_priority,
+                attempts=settings.job_attempts,
+                backoff_ms=settings.job_backoff_ms,
+            ),
+        )
+        self.clocks = Clocks()
+
+    async def close(self) -> None:
+        """Close the Redis connections (the app is closed by whoever entered it)."""
+        await self.queues.close()
+
+    # --- pages ------------------------------------------------------------------
+
+    async def backfills(self, *, now: datetime) -> list[BackfillSummary]:
+        """Every backfill, newest first."""
+        async with self.app.engine.connect() as conn:
+            return await summaries(conn, now=now)
+
+    async def backfill(
+        self, backfill_id: str, *, state: State | None, now: datetime
+    ) -> BackfillPage | None:
+        """The page of ``backfill_id`` (runs in ``state`` only, if given), or ``None``."""
+        async with self.app.engine.connect() as conn:
+            found = await summary(conn, backfill_id, now=now)
+            if found is None:
+                return None
+            return BackfillPage(
+                summary=found,
+                state=state,
+                runs=await runs_of(conn, backfill_id, state=state, limit=RUNS_SHOWN),
+                failures=await runs_of(conn, backfill_id, state=State.FAILED, limit=FAILURES_SHOWN),
+                chart=await handoff_chart(conn, backfill_id, now=now),
+            )
+
+    async def run(self, run_id: str) -> RunPage | None:
+        """The page of run ``run_id``, or ``None`` when no run has that id."""
+        try:
+            found = await commands.history(self.app, run_id, of="run")
+        except commands.Refused:
+            return None
+        run = found.runs[0].run
+        async with self.app.engine.connect() as conn:
+            facts = await match_facts(conn, run.match_id)
+        row = RunRow(run, *((facts.home_team, facts.away_team) if facts else (None, None)))
+        job = None
+        if run.job_id and run.phase:  # a live run's last job (a back-off's: failed)
+            job = await self._job(run)
+        return RunPage(run=row, history=history_json(found), job=job)
+
+    async def history(self, run_id: str) -> dict[str, Any] | None:
+        """``retro history RUN_ID --json`` of run ``run_id``, or ``None``."""
+        try:
+            return history_json(await commands.history(self.app, run_id, of="run"))
+        except commands.Refused:
+            return None
+
+    async def workers(self) -> WorkersPage:
+        """Workers and pause per queue (the checks are added by the caller)."""
+        rows: list[QueueRow] = []
+
+        async def read() -> None:
+            for phase, name in self.queues.names.items():
+                rows.append(
+                    QueueRow(
+                        phase,
+                        name,
+                        await self.queues.worker_count(phase),
+                        await self.queues.is_paused(phase),
+                    )
+                )
+
+        error = await self._bounded(read())
+        return WorkersPage(queues=[] if error else rows, redis_error=error)
+
+    async def _job(self, run: Run) -> Job:
+        assert run.job_id is not None and run.phase is not None
+        phase, job_id, queues = run.phase, run.job_id, self.queues
+        seen: list[Job] = []
+
+        async def read() -> None:
+            view = await queues.job_view(phase, job_id)
+            view = self.clocks.job.measure(
+                job_id, view, await self.clocks.queue.now(queues.server_time)
+            )
+            waiting = None
+            if view.meaning in (JobMeaning.WAITING, JobMeaning.PROGRESSING):
+                waiting = wait_of(
+                    run,
+                    view,
+                    await queues.worker_count(phase),
+                    await queues.is_paused(phase),
+                    queues,
+                    self.app.policy,
+                )
+            seen.append(Job(phase, job_id, str(view.state), waiting))
+
+        error = await self._bounded(read())
+        return Job(phase, job_id, error=error) if error or not seen else seen[0]
+
+    @staticmethod
+    async def _bounded(reads: Awaitable[None]) -> str | None:
+        """Await ``reads`` within :data:`REDIS_SECONDS`; ``None``, or why Redis could
+        not be read (one masked line)."""
+        try:
+            async with asyncio.timeout(REDIS_SECONDS):
+                await reads
+        except TimeoutError:
+            return f"Redis did not answer within {REDIS_SECONDS:g} s"
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            return f"Redis unreachable: {error_line(exc)}"
+        return None
+
+
+# --- per-backfill progress (swap for the backfill read model) -----------------------
+
+
+async def summaries(conn: AsyncConnection, *, now: datetime) -> list[BackfillSummary]:
+    """Every backfill, newest first, with its tally, state, rate and ETA at ``now``
+    (aware UTC). Three grouped queries whatever the number of backfills."""
+    found = await backfills.all_backfills(conn)
+    counts, rates, left = await _by_backfill(conn, now=now, window=DEFAULT_WINDOW)
+    return [
+        _summary(b, counts.get(b.id, {}), rates.get(b.id), left.get(b.id, 0), now) for b in found
+    ]
+
+
+async def summary(
+    conn: AsyncConnection, backfill_id: str, *, now: datetime
+) -> BackfillSummary | None:
+    """The summary of ``backfill_id`` at ``now``, or ``None`` when there is no such
+    backfill."""
+    found = await backfills.get(conn, backfill_id)
+    if found is None:
+        return None
+    counts, rates, left = await _by_backfill(
+        conn, now=now, window=DEFAULT_WINDOW, backfill_id=backfill_id
+    )
+    return _summary(
+        found, counts.get(found.id, {}), rates.get(found.id), left.get(found.id, 0), now
+    )
+
+
+def _summary(
+    backfill: Backfill,
+    counts: Mapping[str, int],
+    recent: tuple[int, datetime | None] | None,
+    left: int,
+    now: datetime,
+) -> BackfillSummary:
+    """:mod:`retro.progress`'s rate and ETA for one backfill: hand-offs in the
+    window over the span since its oldest event in it (at least ``MIN_SPAN``)."""
+    tally = Tally(dict(counts))
+    rate = None
+    if recent is not None and recent[0]:
+        count, oldest = recent
+        span = DEFAULT_WINDOW
+        if oldest is not None:
+            span = min(span, (now - oldest).total_seconds())
+        rate = count / max(span, min(MIN_SPAN, DEFAULT_WINDOW)) * 60
+    eta = 0.0 if left == 0 else (left / rate * 60 if rate else None)
+    return BackfillSummary(backfill, tally, backfill.state(live=tally.live), rate, eta)
+
+
+async def _by_backfill(
+    conn: AsyncConnection, *, now: datetime, window: float, backfill_id: str | None = None
+) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, datetime | None]], dict[str, int]]:
+    """Runs by state, (hand-offs, oldest event) in the last ``window`` seconds, and
+    hand-offs left, each by backfill id (``backfill_id``: that one only)."""
+    runs = backfill_runs.c
+    scope = [] if backfill_id is None else [runs.backfill_id == backfill_id]
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for bid, state, n in await conn.execute(
+        select(runs.backfill_id, runs.state, func.count())
+        .where(*scope)
+        .group_by(runs.backfill_id, runs.state)
+    ):
+        counts[bid][state] = int(n)
+    events = backfill_events.c
+    is_handoff = case((events.type.in_(HANDOFF_TYPES), 1), else_=0)
+    rates: dict[str, tuple[int, datetime | None]] = {}
+    for bid, n, oldest in await conn.execute(
+        select(runs.backfill_id, func.sum(is_handoff), func.min(events.at))
+        .select_from(backfill_events.join(backfill_runs, events.run_id == runs.id))
+        .where(events.at >= now - timedelta(seconds=window), *scope)
+        .group_by(runs.backfill_id)
+    ):
+        rates[bid] = (int(n or 0), oldest)
+    left: dict[str, int] = defaultdict(int)
+    for bid, state, step, n in await conn.execute(
+        select(runs.backfill_id, runs.state, runs.step, func.count())
+        .where(runs.state.not_in([str(s) for s in TERMINAL]), *scope)
+        .group_by(runs.backfill_id, runs.state, runs.step)
+    ):
+        finished = state == str(State.SETTLING) and step == str(Step.FINISHED)
+        left[bid] += 0 if finished else HANDOFFS_LEFT.get(state, 0) * int(n)
+    return counts, rates, left
+
+
+# --- one backfill's runs and chart -----------------------------------------------------
+
+
+async def runs_of(
+    conn: AsyncConnection, backfill_id: str, *, state: State | None, limit: int
+) -> list[RunRow]:
+    """Runs of ``backfill_id`` (only in ``state``, if given) with their teams, most
+    recently updated first, at most ``limit``."""
+    query = (
+        select(backfill_runs, matches.c.home_team, matches.c.away_team)
+        .select_from(backfill_runs.outerjoin(matches, matches.c.id == backfill_runs.c.match_id))
+        .where(backfill_runs.c.backfill_id == backfill_id)
+        .order_by(backfill_runs.c.updated_at.desc(), backfill_runs.c.id)
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(backfill_runs.c.state == str(state))
+    rows = (await conn.execute(query)).mappings()
+    return [RunRow(run_from_row(row), row["home_team"], row["away_team"]) for row in rows]
+
+
+async def handoff_chart(conn: AsyncConnection, backfill_id: str, *, now: datetime) -> Chart:
+    """Hand-offs (:data:`retro.events.HANDOFF_TYPES`) of ``backfill_id``'s runs per
+    minute over the :data:`CHART_MINUTES` minutes before ``now`` (aware UTC), the last
+    bar being the current minute."""
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=CHART_MINUTES)
+    counts = [0] * CHART_MINUTES
+    events = backfill_events.c
+    rows = await conn.execute(
+        select(events.at)
+        .select_from(backfill_events.join(backfill_runs, events.run_id == backfill_runs.c.id))
+        .where(
+            backfill_runs.c.backfill_id == backfill_id,
+            events.type.in_(HANDOFF_TYPES),
+            events.at >= start,
+            events.at < end,
+        )
+    )
+    for (at,) in rows:
+        counts[int((at - start).total_seconds() // 60)] += 1
+    return Chart(start=start, counts=counts)
