@@ -37,6 +37,7 @@ COMMAND_LINE_ONLY = {
     "RETRO_DAYS": "start --days",
     "RETRO_DRY_RUN": "start --dry-run",
     "RETRO_REPROCESS": "start --reprocess",
+    "RETRO_LABEL": "start --label",
     "RETRO_RETRY_FAILED": "retry --failed",
     "RETRO_WATCH": "status --watch",
     "RETRO_WATCH_INTERVAL": "status --interval",
