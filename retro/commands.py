@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from retro import lookup
 from retro.app import App
 from retro.backfill import Backfill, os_user
 from retro.config import mask
 from retro.errors import UsageError
 from retro.events import Phase, RunCancelled, RunSeeded
 from retro.logs import logfmt_value, run_fields
+from retro.lookup import Of
 from retro.machine import (
     LIVE,
     TERMINAL,
@@ -232,28 +234,33 @@ async def start(
     )
 
 
-async def retry(app: App, run_ids: list[str], *, failed: bool, now: datetime) -> list[Run]:
-    """Re-arm failed runs (``RunRearmed``): the given ids, or every failed run.
+async def retry(
+    app: App, run_ids: list[str], *, failed: bool, now: datetime, of: Of = Of.AUTO
+) -> list[Run]:
+    """Re-arm failed runs (``RunRearmed``): the runs the given ids name, or every
+    failed run.
 
-    All or nothing: every named run must exist and be ``failed``.
+    Each id is a run id, a run-id prefix or a match id (its latest failed run), read
+    as :func:`retro.lookup.find` says (``of``). All or nothing: every id must name a
+    ``failed`` run.
 
     Raises:
-        RetryRefused: an id is unknown, a run is not failed, its match has
-            another live run, a rival wrote to it first, or the database
-            refused the event; nothing is written.
+        RetryRefused: an id names no run, is ambiguous, names a run that is not
+            failed; the run's match has another live run, a rival wrote to it
+            first, or the database refused the event; nothing is written.
     """
     async with app.engine.begin() as conn:
         if failed:
             targets = await runs.list_runs(conn, states=[State.FAILED], limit=1_000_000)
         else:
-            targets = []
-            for run_id in run_ids:
-                run = await runs.get(conn, run_id)
-                if run is None:
-                    raise RetryRefused(f"no run {run_id!r}")
-                if run.state is not State.FAILED:
-                    raise RetryRefused(f"run {run_id} is {run.state}, not failed")
-                targets.append(run)
+            chosen: dict[str, Run] = {}
+            for ident in run_ids:
+                try:
+                    run = await lookup.failed_run(conn, ident, of=of)
+                except lookup.Unresolved as exc:
+                    raise RetryRefused(str(exc)) from None
+                chosen.setdefault(run.id, run)
+            targets = list(chosen.values())
         rearmed = []
         for run in targets:
             try:
@@ -364,30 +371,26 @@ class History:
 
 
 async def history(app: App, ident: str, *, of: str = "auto") -> History:
-    """The event timeline of run ``ident``, or of every run of match ``ident``.
+    """The event timeline of the run ``ident`` names (its id or a run-id prefix), or
+    of every run of match ``ident``.
 
-    ``of`` is ``"run"``, ``"match"`` or ``"auto"``: auto takes ``ident`` as a run
-    id if a run has it, as a match id if runs of that match exist.
+    ``of`` is ``"run"``, ``"match"`` or ``"auto"``, read as :func:`retro.lookup.find`
+    says: auto takes ``ident`` as a run id, a match id or a run-id prefix, and refuses
+    a text that is two of these.
 
     Raises:
-        Refused: no run and no match's run has that id, or (auto) it is both a
-            run id and a match id.
+        Refused: ``ident`` names no run and no match's run, is ambiguous, or is a
+            prefix shorter than :data:`retro.lookup.MIN_PREFIX`.
     """
     async with app.engine.connect() as conn:
-        as_run = await runs.get(conn, ident) if of in ("auto", "run") else None
-        of_match = await runs.runs_of_match(conn, ident) if of in ("auto", "match") else []
-        if as_run is not None and of_match:
-            raise Refused(
-                f"{ident!r} is both a run id and a match id; say which with --of run or --of match"
-            )
-        if as_run is None and not of_match:
-            what = {"run": "no run", "match": "no run of match"}.get(of, "no run or match")
-            raise Refused(f"{what} {ident!r}")
-        chosen = [as_run] if as_run is not None else of_match
+        try:
+            found = await lookup.find(conn, ident, of=Of(of))
+        except lookup.Unresolved as exc:
+            raise Refused(str(exc)) from None
         return History(
             query=ident,
-            resolved_as="run" if as_run is not None else "match",
-            runs=[RunHistory(run, await runs.event_rows(conn, run.id)) for run in chosen],
+            resolved_as=found.resolved_as,
+            runs=[RunHistory(run, await runs.event_rows(conn, run.id)) for run in found.runs],
         )
 
 
@@ -437,8 +440,12 @@ async def cancel(
     every_live: bool,
     now: datetime,
     reason: str = CANCEL_REASON,
+    of: Of = Of.AUTO,
 ) -> CancelReport:
-    """Cancel live runs: the given ids, or every live run (``every_live``).
+    """Cancel live runs: the runs the given ids name, or every live run (``every_live``).
+
+    Each id is a run id, a run-id prefix or a match id (its live run), read as
+    :func:`retro.lookup.find` says (``of``).
 
     For each run, under its row lock (PostgreSQL ``FOR UPDATE``; SQLite serialises
     writers) and guarded by its version as every append is: remove its job if it
@@ -458,8 +465,8 @@ async def cancel(
     Named ids are checked first, all or nothing, like ``retry``.
 
     Raises:
-        Refused: an id is unknown, or a named run is already done, failed or
-            cancelled; nothing is written.
+        Refused: an id names no run or is ambiguous, or a named run is already
+            done, failed or cancelled (a match has no live run); nothing is written.
     """
     assert app.queues is not None, "cancel needs Redis"
     reason = clip(" ".join(mask(reason).split()))  # one line, no password, bounded
@@ -469,17 +476,14 @@ async def cancel(
         if every_live:
             targets = await runs.list_runs(conn, states=LIVE, limit=1_000_000)
         else:
-            targets = []
-            for run_id in dict.fromkeys(run_ids):
-                run = await runs.get(conn, run_id)
-                if run is None:
-                    raise Refused(f"no run {run_id!r}")
-                if run.state in TERMINAL:
-                    raise Refused(
-                        f"run {run_id} is already {run.state}; only live runs "
-                        "(pending, analyzing, predicting, settling) can be cancelled"
-                    )
-                targets.append(run)
+            chosen: dict[str, Run] = {}
+            for ident in dict.fromkeys(run_ids):
+                try:
+                    run = await lookup.live_run(conn, ident, of=of)
+                except lookup.Unresolved as exc:
+                    raise Refused(str(exc)) from None
+                chosen.setdefault(run.id, run)
+            targets = list(chosen.values())
     report = CancelReport(cancelled=[], ended_first=[])
     for target in targets:
         done = await _cancel_one(app, target.id, now=now, reason=reason)

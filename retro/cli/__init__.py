@@ -17,6 +17,7 @@ from retro.cli.common import COMMAND_LINE_ONLY, fail, option_envvars
 from retro.cli.configure import config_command, db
 from retro.cli.daemon import board, demo, run, workers
 from retro.cli.operator import cancel, history, retry, start, verify
+from retro.cli.runs import runs
 from retro.cli.status import status
 from retro.errors import EXIT_OK
 
@@ -41,6 +42,7 @@ for command in (
     db,
     history,
     cancel,
+    runs,
     board,
 ):
     cli.add_command(command)

@@ -46,11 +46,18 @@ COMMAND_LINE_ONLY = {
     "RETRO_SCAN": "run --scan/--no-scan",
     "RETRO_PIPELINE_FAIL_RATE": "workers --fail-rate",
     "RETRO_CANCEL_ALL": "cancel --all",
+    "RETRO_CANCEL_OF": "cancel --of",
+    "RETRO_RETRY_OF": "retry --of",
+    "RETRO_RUNS_STATE": "runs --state",
+    "RETRO_RUNS_BACKFILL": "runs --backfill",
+    "RETRO_RUNS_MATCH": "runs --match",
+    "RETRO_RUNS_SINCE": "runs --since",
     "RETRO_DEMO_WORKDIR": "demo --workdir",
 }
 """Options that choose what a command does (which runs or matches it touches, whether
 it writes, whether it keeps running) and so read no environment variable, by the
-variable they once read: a leftover one is refused with a pointer to the option."""
+variable they once read or would be expected to read: a leftover one is refused with a
+pointer to the option."""
 
 
 def option_envvars(command: click.Command) -> set[str]:

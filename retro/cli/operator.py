@@ -3,6 +3,9 @@ and ``cancel``. Each parses, opens the app, calls one method and renders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from retro import commands
@@ -27,9 +30,12 @@ from retro.commands import CANCEL_REASON, REPROCESS
 from retro.commands import cancel as cancel_runs
 from retro.commands import history as run_history
 from retro.errors import EXIT_FAILURE, EXIT_OK
+from retro.lookup import Of
 from retro.report import cancel_json, history_json, start_json, verify_json
 from retro.scheduler import utcnow
 from retro.text import escape
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SHOWN = 20
 """Runs ``retro verify`` names in its text output per finding (``--json`` has all)."""
@@ -100,23 +106,43 @@ def start(
     emit(as_json, report, start_json, render_start)
 
 
+def of_option(verb: str) -> Callable[[F], F]:
+    """``--of auto|run|match`` of ``cancel`` and ``retry`` (command line only: it
+    chooses which runs the command touches)."""
+    return click.option(
+        "--of",
+        type=click.Choice([str(o) for o in Of]),
+        default=str(Of.AUTO),
+        show_default=True,
+        help=f"Read each id as a run id or run-id prefix (run), a match id (match), or "
+        f"whichever it is (auto; both is exit 2). A match id {verb}.",
+    )
+
+
 @click.command()
-@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.argument("run_ids", nargs=-1, metavar="[RUN|PREFIX|MATCH]...")
 @click.option(
     "--failed",
     is_flag=True,
     help="Re-arm every failed run.",
 )
+@of_option("means its latest failed run")
 @connection_options
 def retry(
     run_ids: tuple[str, ...],
     failed: bool,
+    of: str,
     database_url: str | None,
     redis_url: str | None,
     verbose: bool,
     log_format: str | None,
 ) -> None:
-    """Re-arm failed runs (RunRearmed): they start again from pending."""
+    """Re-arm failed runs (RunRearmed): they start again from pending.
+
+    Each id is a run id, a unique run-id prefix of at least 6 characters, or a match
+    id (its latest failed run). All or nothing: an id that names no failed run, or is
+    ambiguous, is refused (exit 2) and nothing is written.
+    """
     if bool(run_ids) == failed:
         raise click.UsageError("give run ids or --failed (one of them, not both)")
     settings = open_settings(database_url, redis_url, verbose, log_format)
@@ -124,12 +150,13 @@ def retry(
     rearmed = with_app(
         settings,
         verbose,
-        lambda retro: commands.retry(retro, list(run_ids), failed=failed, now=utcnow()),
+        lambda retro: commands.retry(retro, list(run_ids), failed=failed, now=utcnow(), of=Of(of)),
         redis=False,
     )
     out.print(
         f"Re-armed {plural(len(rearmed), 'run')}"
-        + (": " + ", ".join(r.id for r in rearmed) if rearmed else ".")
+        + (": " + ", ".join(r.id for r in rearmed) if rearmed else "."),
+        soft_wrap=True,
     )
 
 
@@ -185,7 +212,7 @@ def verify(
 
 
 @click.command()
-@click.argument("ident", metavar="RUN_ID|MATCH_ID")
+@click.argument("ident", metavar="RUN|PREFIX|MATCH")
 @click.option(
     "--of",
     type=click.Choice(["auto", "run", "match"]),
@@ -193,7 +220,8 @@ def verify(
     show_default=True,
     envvar="RETRO_HISTORY_OF",
     show_envvar=True,
-    help="Read the id as a run id, a match id, or whichever it is (auto).",
+    help="Read the id as a run id or run-id prefix (run), a match id (match), or "
+    "whichever it is (auto; both is exit 2).",
 )
 @json_option
 @connection_options
@@ -208,7 +236,8 @@ def history(
 ) -> None:
     """A run's event timeline: seq, time (UTC), time since the previous event, type, data.
 
-    Given a match id: every run of that match, newest first. Unknown id: exit 2.
+    The id is a run id, a unique run-id prefix of at least 6 characters, or a match
+    id: every run of that match, newest first. Unknown or ambiguous: exit 2.
     """
     settings = open_settings(database_url, redis_url, verbose, log_format)
 
@@ -217,7 +246,7 @@ def history(
 
 
 @click.command()
-@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.argument("run_ids", nargs=-1, metavar="[RUN|PREFIX|MATCH]...")
 @click.option(
     "--all",
     "every_live",
@@ -232,12 +261,14 @@ def history(
     show_envvar=True,
     help="Reason recorded on each RunCancelled event.",
 )
+@of_option("means its live run")
 @json_option
 @connection_options
 def cancel(
     run_ids: tuple[str, ...],
     every_live: bool,
     reason: str,
+    of: str,
     as_json: bool,
     database_url: str | None,
     redis_url: str | None,
@@ -246,10 +277,11 @@ def cancel(
 ) -> None:
     """Cancel live runs (RunCancelled): remove their waiting jobs from BullMQ.
 
-    A job a worker already runs (active) cannot be removed: it is left to finish
-    and its result is ignored. All or nothing: an unknown run, or a run already
-    done, failed or cancelled, is refused (exit 2) and nothing is written. Safe
-    beside a running daemon.
+    Each id is a run id, a unique run-id prefix of at least 6 characters, or a match
+    id (its live run). A job a worker already runs (active) cannot be removed: it is
+    left to finish and its result is ignored. All or nothing: an id that names no
+    run or is ambiguous, or a run already done, failed or cancelled, is refused
+    (exit 2) and nothing is written. Safe beside a running daemon.
     """
     if bool(run_ids) == every_live:
         raise click.UsageError("give run ids or --all (one of them, not both)")
@@ -261,7 +293,12 @@ def cancel(
         settings,
         verbose,
         lambda retro: cancel_runs(
-            retro, list(run_ids), every_live=every_live, now=utcnow(), reason=reason.strip()
+            retro,
+            list(run_ids),
+            every_live=every_live,
+            now=utcnow(),
+            reason=reason.strip(),
+            of=Of(of),
         ),
     )
     emit(as_json, report, cancel_json, render_cancel)

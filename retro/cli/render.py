@@ -5,6 +5,11 @@ event data, run ids typed by the operator) goes into a :class:`~rich.text.Text` 
 by :func:`shown`: escaped onto one line (:func:`retro.text.escape`) and never read as
 Rich markup, so a team named ``[red]x`` or a reason holding a newline cannot forge a
 row or a line.
+
+Ids are never cut (issue 11): tables holding run, match or job ids are
+:class:`~retro.cli.tables.IdTable` (ids whole, other columns wrap), and lines that
+name runs (``cancel``) are printed with ``soft_wrap``: the terminal, not Rich, wraps
+them, so each id stays whole on its line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 from rich.text import Text
 
+from retro.cli.tables import IdTable
 from retro.commands import CancelReport, History, SeedReport, StatusReport
 from retro.config import mask
 from retro.demo.scenario import DemoReport
@@ -58,7 +64,7 @@ def render_start(report: SeedReport) -> None:
         err.print(shown(f"retro: skipped match {row.match_id}: {row.reason}"))
     doomed = report.cannot_heal
     if scan.gaps:
-        table = Table(
+        table = IdTable(
             "match",
             "home",
             "away",
@@ -66,6 +72,7 @@ def render_start(report: SeedReport) -> None:
             "status",
             "gaps",
             "predictions",
+            ids={"match"},
             title=f"{plural(len(scan.gaps), 'gap match', 'gap matches')} ({kinds}; "
             "a match may miss several stages)",
         )
@@ -154,7 +161,7 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
         )
         parts.append(Text(describe_eta(p)))
     if report.holding:
-        table = Table(
+        table = IdTable(
             "run",
             "match",
             "teams",
@@ -163,6 +170,7 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
             "job id",
             "job",
             "elapsed",
+            ids={"run", "match", "job id"},
             title="In flight",
         )
         for item in report.holding:
@@ -188,7 +196,14 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
     if report.backoff:
         parts.append(backoff_table(report, now=now))
     if report.failed:
-        table = Table("run", "match", "failed at", "reason", title="Failed (most recent first)")
+        table = IdTable(
+            "run",
+            "match",
+            "failed at",
+            "reason",
+            ids={"run", "match"},
+            title="Failed (most recent first)",
+        )
         for run in report.failed:
             table.add_row(
                 shown(run.id),
@@ -214,12 +229,12 @@ def status_parts(report: StatusReport, *, now: datetime) -> list[RenderableType]
     return parts
 
 
-def backoff_table(report: StatusReport, *, now: datetime) -> Table:
+def backoff_table(report: StatusReport, *, now: datetime) -> IdTable:
     """The runs sleeping out a retry back-off: their last error, their slot and
     when the retry is due (UTC, and in how many seconds from ``now``). They hold
     no ``max_in_flight`` slot (a due retry waits for a free one), unless the last
     attempt timed out: its job may still run, and the run keeps its slot."""
-    table = Table(
+    table = IdTable(
         "run",
         "match",
         "teams",
@@ -228,6 +243,7 @@ def backoff_table(report: StatusReport, *, now: datetime) -> Table:
         "last error",
         "slot",
         "retry due (UTC)",
+        ids={"run", "match"},
         title="In back-off (earliest retry first)",
     )
     for item in report.backoff:
@@ -316,16 +332,20 @@ def _since(previous: datetime, at: datetime) -> str:
 def render_history(found: History) -> None:
     """Each run's events: seq, time (UTC), time since the previous event, type, data."""
     if found.resolved_as == "match":
-        out.print(shown(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"))
+        out.print(
+            shown(f"Match {found.query}: {plural(len(found.runs), 'run')}, newest first"),
+            soft_wrap=True,
+        )
     for item in found.runs:
         run, events = item.run, item.events
         total = (events[-1].at - events[0].at).total_seconds() if events else 0.0
-        table = Table(
+        table = IdTable(
             "seq",
             "time (UTC)",
             "+since prev",
             "event",
             "data",
+            tokens={"data"},  # job_id=…, match_id=…: words that carry ids
             title=shown(
                 f"Run {run.id} (match {run.match_id}): {run.state}, "
                 f"{plural(len(events), 'event')} over {_secs(total)}"
@@ -361,9 +381,12 @@ def render_cancel(report: CancelReport) -> None:
             )
         else:
             line += f": job {item.job_id} is {item.job_state}, nothing to remove"
-        out.print(shown(line))
+        out.print(shown(line), soft_wrap=True)
     for run in report.ended_first:
-        out.print(shown(f"Run {run.id} (match {run.match_id}) ended {run.state} before the cancel"))
+        out.print(
+            shown(f"Run {run.id} (match {run.match_id}) ended {run.state} before the cancel"),
+            soft_wrap=True,
+        )
     out.print(
         f"Cancelled {plural(len(report.cancelled), 'run')}"
         + (f"; {len(report.ended_first)} had already ended." if report.ended_first else ".")

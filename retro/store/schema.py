@@ -179,6 +179,8 @@ backfill_runs = Table(
         postgresql_where=text(IN_FLIGHT_SQL),
     ),
     Index("ix_backfill_runs_match_id", "match_id", "finished_at"),
+    # `retro runs`: newest first, a page at a time (retro.store.listing).
+    Index("ix_backfill_runs_created_at", "created_at", "id"),
     # At most one live (unfinished) run per match, even with rival `retro start`s.
     Index(
         "uq_backfill_runs_live_match",

@@ -7,6 +7,7 @@ import pytest
 from retro.commands import Refused, RetryRefused
 from retro.config import ConfigError
 from retro.errors import EXIT_USAGE, RetroError
+from retro.lookup import Unresolved
 from retro.queue import RedisUnreachable
 from retro.scheduler import DaemonLocked
 from retro.store.db import DatabaseUnreachable, HostTablesMissing, RetroTablesMissing, StoreError
@@ -24,6 +25,7 @@ from retro.store.db import DatabaseUnreachable, HostTablesMissing, RetroTablesMi
         DaemonLocked,
         RetryRefused,
         Refused,
+        Unresolved,
     ],
 )
 def test_bad_usage_or_configuration_exits_2(error: type[Exception]) -> None:
