@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retro.app import App
 from retro.board.queries import CHART_MINUTES, Reader
+from retro.commands import Refused
 from retro.config import EMBEDDED_REDIS, Settings, mask
 from retro.embedded import EmbeddedRedis
 from retro.machine import LIVE, TERMINAL, State
@@ -167,6 +168,7 @@ async def open_board(site: Site) -> AsyncIterator[Board]:
     """
     settings, probes = site.settings, site.probes
     async with AsyncExitStack() as stack:
+        app = await stack.enter_async_context(App(settings, redis=False))  # checked first
         if probes is not None:
             redis_url = probes.redis_url
         elif settings.redis_url == EMBEDDED_REDIS:
@@ -175,7 +177,6 @@ async def open_board(site: Site) -> AsyncIterator[Board]:
             stack.callback(embedded.stop)
         else:
             redis_url = settings.redis_url
-        app = await stack.enter_async_context(App(settings, redis=False))
         reader = Reader(app, redis_url)
         stack.push_async_callback(reader.close)
         engine = sync_engine(settings.database_url)
@@ -211,8 +212,8 @@ def create_app(board: Board, *, clock: Callable[[], datetime] | None = None) -> 
             headers={"Vary": "HX-Request", "Cache-Control": "no-store"},
         )
 
-    def missing(request: Request, what: str) -> Response:
-        return render(request, "not_found", 404, what=what)
+    def missing(request: Request, message: str) -> Response:
+        return render(request, "not_found", 404, message=message)
 
     async def backfills(request: Request) -> Response:
         return render(request, "backfills", summaries=await reader.backfills(now=now()))
@@ -228,21 +229,21 @@ def create_app(board: Board, *, clock: Callable[[], datetime] | None = None) -> 
         state = None if wanted is None else State(wanted)
         found = await reader.backfill(backfill_id, state=state, now=now())
         if found is None:
-            return missing(request, f"backfill {backfill_id!r}")
+            return missing(request, f"There is no backfill {backfill_id!r}.")
         return render(request, "backfill", page=found)
 
     async def run(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        found = await reader.run(run_id)
-        if found is None:
-            return missing(request, f"run {run_id!r}")
+        try:
+            found = await reader.run(request.path_params["run_id"])
+        except Refused as exc:
+            return missing(request, f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
         return render(request, "run", page=found)
 
     async def run_json(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        found = await reader.history(run_id)
-        if found is None:
-            return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        try:
+            found = await reader.history(request.path_params["run_id"])
+        except Refused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse(found, headers={"Cache-Control": "no-store"})
 
     async def workers(request: Request) -> Response:
@@ -260,7 +261,7 @@ def create_app(board: Board, *, clock: Callable[[], datetime] | None = None) -> 
 
     async def metrics(request: Request) -> Response:
         if probes is None:
-            return missing(request, "/metrics (served by `retro run --http-port`, not the board)")
+            return missing(request, "There is no /metrics here: `retro run --http-port` serves it.")
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         body = await run_in_threadpool(encoder, probes.metrics.registry)
         return Response(body, headers={"Content-Type": content_type})
@@ -268,7 +269,7 @@ def create_app(board: Board, *, clock: Callable[[], datetime] | None = None) -> 
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code != 404:
             return Response(exc.detail, status_code=exc.status_code, media_type="text/plain")
-        return missing(request, f"page {request.url.path!r}")
+        return missing(request, f"There is no page {request.url.path!r}.")
 
     routes = [
         Route("/", backfills),

@@ -241,12 +241,14 @@ class Reader:
                 chart=await handoff_chart(conn, backfill_id, now=now),
             )
 
-    async def run(self, run_id: str) -> RunPage | None:
-        """The page of run ``run_id``, or ``None`` when no run has that id."""
-        try:
-            found = await commands.history(self.app, run_id, of="run")
-        except commands.Refused:
-            return None
+    async def run(self, run_id: str) -> RunPage:
+        """The page of the run ``run_id`` names (its id, or an unambiguous prefix of at
+        least :data:`retro.lookup.MIN_PREFIX` characters, as ``retro history``).
+
+        Raises:
+            commands.Refused: no run, or several (the message says which).
+        """
+        found = await commands.history(self.app, run_id, of="run")
         run = found.runs[0].run
         async with self.app.engine.connect() as conn:
             facts = await match_facts(conn, run.match_id)
@@ -256,12 +258,13 @@ class Reader:
             job = await self._job(run)
         return RunPage(run=row, history=history_json(found), job=job)
 
-    async def history(self, run_id: str) -> dict[str, Any] | None:
-        """``retro history RUN_ID --json`` of run ``run_id``, or ``None``."""
-        try:
-            return history_json(await commands.history(self.app, run_id, of="run"))
-        except commands.Refused:
-            return None
+    async def history(self, run_id: str) -> dict[str, Any]:
+        """``retro history RUN_ID --of run --json`` (``retro.history/1``).
+
+        Raises:
+            commands.Refused: as :meth:`run`.
+        """
+        return history_json(await commands.history(self.app, run_id, of="run"))
 
     async def workers(self) -> WorkersPage:
         """Workers and pause per queue (the checks are added by the caller)."""

@@ -10,13 +10,17 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
+import pytest
 
 from retro import commands
 from retro.app import App
 from retro.board.app import Site, create_app, open_board
+from retro.board.server import HttpServer
 from retro.config import Settings
+from retro.errors import RetroError
 from retro.report import history_json
 from retro.store import runs
 from tests.boardsetup import LABEL, PROBE, Prepared, prepare
@@ -116,7 +120,13 @@ async def test_pages_of_a_backfill_its_runs_and_workers(backend: Backend) -> Non
                 missing = await http.get(path)
                 assert missing.status_code == 404, path
                 assert "Not found" in missing.text and "<html" in missing.text
-            assert (await http.get("/runs/nope.json")).status_code == 404
+            missing = await http.get("/runs/nope.json")
+            assert missing.status_code == 404 and "nope" in missing.json()["error"]
+            # a run-id prefix names its run, as in retro history
+            prefix = await http.get(f"/runs/{failed_run[:8]}.json")
+            assert prefix.json()["runs"][0]["run_id"] == failed_run
+            short = await http.get(f"/runs/{failed_run[:3]}")
+            assert short.status_code == 404 and "too short" in short.text
 
             workers = text_of((await http.get("/workers")).text)
             assert re.search(r"analysis \S+ 0 no worker no", workers), workers
@@ -170,3 +180,17 @@ async def test_a_redis_that_does_not_answer_is_shown_not_raised(backend: Backend
             assert page.status_code == 200
             words = text_of(page.text)
             assert "Redis unreachable" in words and run.job_id in words, words
+
+
+def test_a_board_that_cannot_open_its_database_does_not_start(tmp_path: Path) -> None:
+    """The server's start-up opens the board's connections: a database that is not
+    there is the store's own error, raised by ``start``, and the port is free again."""
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}")
+    server = HttpServer("127.0.0.1", 0)
+    port = server.port
+    with pytest.raises(RetroError, match=r"missing\.db"):
+        server.start(Site(settings))
+    assert not server.serving
+    server.close()
+    again = HttpServer("127.0.0.1", port)  # released: the port binds again
+    again.close()
