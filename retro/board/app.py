@@ -47,7 +47,6 @@ from retro.config import EMBEDDED_REDIS, Settings, mask
 from retro.embedded import EmbeddedRedis
 from retro.machine import LIVE, TERMINAL, State
 from retro.metrics import Health, Probes, RunsByState, WorkersByQueue, sync_engine
-from retro.progress import DEFAULT_WINDOW
 
 HERE = Path(__file__).parent
 POLL = "every 2s"
@@ -94,7 +93,7 @@ def templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(when=when, span=span, eta=eta, mask=mask, json_text=json_text)
-    env.globals.update(POLL=POLL, STATES=STATES, CHART_MINUTES=CHART_MINUTES, WINDOW=DEFAULT_WINDOW)
+    env.globals.update(POLL=POLL, STATES=STATES, CHART_MINUTES=CHART_MINUTES)
     return Jinja2Templates(env=env)
 
 

@@ -7,34 +7,31 @@ database (the operator commands take one) and a :class:`~retro.queue.Queues` for
 BullMQ. Every Redis read is bounded (:data:`REDIS_SECONDS`) and a Redis that does
 not answer is reported on the page, never raised.
 
-Per-backfill progress (tally, state, ETA) is read here by :func:`summaries` and
-:func:`summary` until the backfill commands' read model lands; they are the one
-place to swap.
+Per-backfill progress (tally, state, ETA) comes from ``summaries``: for now
+:mod:`retro.board.interim`'s, to be swapped by its import line for the backfill read
+model's (``retro.progress.summaries``), which has the same shapes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retro import commands
 from retro.app import App
-from retro.backfill import Backfill, BackfillState
+from retro.board.interim import BackfillSummary, summaries  # until main has the read model
 from retro.clock import Clocks
 from retro.config import error_line
 from retro.events import HANDOFF_TYPES, Phase
-from retro.machine import TERMINAL, JobMeaning, Run, State, Step, Waiting
-from retro.progress import DEFAULT_WINDOW, HANDOFFS_LEFT, MIN_SPAN
+from retro.machine import JobMeaning, Run, State, Waiting
 from retro.queue import JobOptions, Queues, is_unreachable, queue_names
 from retro.report import history_json
-from retro.store import backfills
 from retro.store.facts import match_facts
 from retro.store.runs import run_from_row
 from retro.store.schema import backfill_events, backfill_runs, matches
@@ -48,58 +45,6 @@ RUNS_SHOWN = 500
 """Most runs one backfill page lists (newest first); the tally counts them all."""
 FAILURES_SHOWN = 50
 """Most failed runs (with reasons) one backfill page lists."""
-
-
-@dataclass(frozen=True)
-class Tally:
-    """A backfill's runs by state (``counts``: state value -> runs)."""
-
-    counts: Mapping[str, int]
-
-    def __getitem__(self, state: State) -> int:
-        return self.counts.get(str(state), 0)
-
-    @property
-    def seeded(self) -> int:
-        """Runs the backfill seeded (any state)."""
-        return sum(self.counts.values())
-
-    @property
-    def finished(self) -> int:
-        """Runs that ended: done, failed or cancelled."""
-        return sum(self[state] for state in TERMINAL)
-
-    @property
-    def live(self) -> int:
-        """Runs not ended (pending or in flight)."""
-        return self.seeded - self.finished
-
-    def percent(self, state: State | None = None) -> float:
-        """``100 * finished / seeded`` (``state``: that state's runs only); 0.0 for
-        a backfill without runs."""
-        part = self.finished if state is None else self[state]
-        return 100.0 * part / self.seeded if self.seeded else 0.0
-
-
-@dataclass(frozen=True)
-class BackfillSummary:
-    """One backfill as the board lists it.
-
-    Attributes:
-        backfill: its row.
-        tally: its runs by state; progress is ``tally.finished / tally.seeded``.
-        state: running, paused, finished or cancelled (:meth:`Backfill.state`).
-        rate: its hand-offs per minute over the last :data:`DEFAULT_WINDOW`
-            seconds, ``None`` without a hand-off in that window.
-        eta: seconds until its live runs are done at ``rate``; 0.0 when nothing is
-            left, ``None`` when unknown. The rule is :mod:`retro.progress`'s, per backfill.
-    """
-
-    backfill: Backfill
-    tally: Tally
-    state: BackfillState
-    rate: float | None
-    eta: float | None
 
 
 @dataclass(frozen=True)
@@ -325,89 +270,13 @@ class Reader:
         return None
 
 
-# --- per-backfill progress (swap for the backfill read model) -----------------------
-
-
-async def summaries(conn: AsyncConnection, *, now: datetime) -> list[BackfillSummary]:
-    """Every backfill, newest first, with its tally, state, rate and ETA at ``now``
-    (aware UTC). Three grouped queries whatever the number of backfills."""
-    found = await backfills.all_backfills(conn)
-    counts, rates, left = await _by_backfill(conn, now=now, window=DEFAULT_WINDOW)
-    return [
-        _summary(b, counts.get(b.id, {}), rates.get(b.id), left.get(b.id, 0), now) for b in found
-    ]
-
-
 async def summary(
     conn: AsyncConnection, backfill_id: str, *, now: datetime
 ) -> BackfillSummary | None:
-    """The summary of ``backfill_id`` at ``now``, or ``None`` when there is no such
-    backfill."""
-    found = await backfills.get(conn, backfill_id)
-    if found is None:
-        return None
-    counts, rates, left = await _by_backfill(
-        conn, now=now, window=DEFAULT_WINDOW, backfill_id=backfill_id
-    )
-    return _summary(
-        found, counts.get(found.id, {}), rates.get(found.id), left.get(found.id, 0), now
-    )
-
-
-def _summary(
-    backfill: Backfill,
-    counts: Mapping[str, int],
-    recent: tuple[int, datetime | None] | None,
-    left: int,
-    now: datetime,
-) -> BackfillSummary:
-    """:mod:`retro.progress`'s rate and ETA for one backfill: hand-offs in the
-    window over the span since its oldest event in it (at least ``MIN_SPAN``)."""
-    tally = Tally(dict(counts))
-    rate = None
-    if recent is not None and recent[0]:
-        count, oldest = recent
-        span = DEFAULT_WINDOW
-        if oldest is not None:
-            span = min(span, (now - oldest).total_seconds())
-        rate = count / max(span, min(MIN_SPAN, DEFAULT_WINDOW)) * 60
-    eta = 0.0 if left == 0 else (left / rate * 60 if rate else None)
-    return BackfillSummary(backfill, tally, backfill.state(live=tally.live), rate, eta)
-
-
-async def _by_backfill(
-    conn: AsyncConnection, *, now: datetime, window: float, backfill_id: str | None = None
-) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, datetime | None]], dict[str, int]]:
-    """Runs by state, (hand-offs, oldest event) in the last ``window`` seconds, and
-    hand-offs left, each by backfill id (``backfill_id``: that one only)."""
-    runs = backfill_runs.c
-    scope = [] if backfill_id is None else [runs.backfill_id == backfill_id]
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    for bid, state, n in await conn.execute(
-        select(runs.backfill_id, runs.state, func.count())
-        .where(*scope)
-        .group_by(runs.backfill_id, runs.state)
-    ):
-        counts[bid][state] = int(n)
-    events = backfill_events.c
-    is_handoff = case((events.type.in_(HANDOFF_TYPES), 1), else_=0)
-    rates: dict[str, tuple[int, datetime | None]] = {}
-    for bid, n, oldest in await conn.execute(
-        select(runs.backfill_id, func.sum(is_handoff), func.min(events.at))
-        .select_from(backfill_events.join(backfill_runs, events.run_id == runs.id))
-        .where(events.at >= now - timedelta(seconds=window), *scope)
-        .group_by(runs.backfill_id)
-    ):
-        rates[bid] = (int(n or 0), oldest)
-    left: dict[str, int] = defaultdict(int)
-    for bid, state, step, n in await conn.execute(
-        select(runs.backfill_id, runs.state, runs.step, func.count())
-        .where(runs.state.not_in([str(s) for s in TERMINAL]), *scope)
-        .group_by(runs.backfill_id, runs.state, runs.step)
-    ):
-        finished = state == str(State.SETTLING) and step == str(Step.FINISHED)
-        left[bid] += 0 if finished else HANDOFFS_LEFT.get(state, 0) * int(n)
-    return counts, rates, left
+    """The summary of ``backfill_id`` at ``now`` (aware UTC), or ``None`` when there is
+    no such backfill."""
+    found = await summaries(conn, now=now, backfill_id=backfill_id)
+    return found[0] if found else None
 
 
 # --- one backfill's runs and chart -----------------------------------------------------
