@@ -53,6 +53,7 @@ COMMAND_LINE_ONLY = {
     "RETRO_RUNS_MATCH": "runs --match",
     "RETRO_RUNS_SINCE": "runs --since",
     "RETRO_DEMO_WORKDIR": "demo --workdir",
+    "RETRO_DEMO_BOARD": "demo --board",
 }
 """Options that choose what a command does (which runs or matches it touches, whether
 it writes, whether it keeps running) and so read no environment variable, by the
