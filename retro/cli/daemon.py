@@ -124,25 +124,29 @@ def run(
                 logger = logging.getLogger("retro")
                 for deprecated in settings.deprecated():
                     logger.warning(deprecated)
-                if server is not None:
-                    server.start(Site(settings, retro.probes()))
-                if retro.redis_warning:
-                    logger.warning(retro.redis_warning)
-                described = retro.describe()
-                logger.info(
-                    "daemon started: database %s, redis %s",
-                    described["database"],
-                    described["redis"],
-                )
-                await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                counts = await commands.counts(retro)
-                logger.info(
-                    "daemon stopped: runs %s",
-                    ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
-                )
+                try:
+                    if server is not None:
+                        server.start(Site(settings, retro.probes()))
+                    if retro.redis_warning:
+                        logger.warning(retro.redis_warning)
+                    described = retro.describe()
+                    logger.info(
+                        "daemon started: database %s, redis %s",
+                        described["database"],
+                        described["redis"],
+                    )
+                    await Daemon(retro).run(until_idle=until_idle, scan=scan)
+                    counts = await commands.counts(retro)
+                    logger.info(
+                        "daemon stopped: runs %s",
+                        ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
+                    )
+                finally:  # before the app closes: the board reads its (embedded) Redis
+                    if server is not None:
+                        server.close()
         finally:
             if server is not None:
-                server.close()
+                server.close()  # bound but never started: the port is released
             lock.release()
 
     execute(go(), verbose)
