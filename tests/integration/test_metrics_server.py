@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -68,5 +70,20 @@ async def test_metrics_server_counts_runs_and_checks_health(backend: Backend) ->
             )
             assert handoffs == 1
             assert (await asyncio.to_thread(get, f"{base}/nope"))[0] == 404
+
+            # the server has a loop of its own: it answers while the daemon's is blocked
+            answered: list[float] = []
+
+            def ask() -> None:
+                get(f"{base}/healthz")
+                answered.append(time.monotonic())
+
+            asker = threading.Thread(target=ask)
+            blocked_at = time.monotonic()
+            asker.start()
+            time.sleep(1.5)  # the daemon's event loop, stuck (as in a blocking call)
+            unblocked_at = time.monotonic()
+            asker.join(5)
+            assert answered and answered[0] < unblocked_at, (blocked_at, answered, unblocked_at)
     finally:
         server.close()
