@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from retro.clock import Clocks
-from retro.config import EMBEDDED_REDIS, Settings, mask_url
+from retro.config import EMBEDDED_REDIS, Settings, mask_url, mask_webhook
 from retro.crashpoints import CrashPoints
 from retro.embedded import EmbeddedRedis
 from retro.events import Phase
@@ -26,7 +26,7 @@ from retro.machine import (
 )
 from retro.metrics import Metrics, Probes
 from retro.queue import JobOptions, Queues, RedisUnreachable, job_id_formats, queue_names
-from retro.store import db, migrate, runs
+from retro.store import db, migrate, outbox, runs
 from retro.tick import RUN_FAILURE_LIMIT as RUN_FAILURE_LIMIT  # re-exported
 from retro.tick import Ticker
 from retro.tick import TickReport as TickReport
@@ -76,6 +76,12 @@ class App:
         self.redis_error: str | None = None
         self._need_host = need_host
         self.engine = db.create_engine(settings.database_url)
+        self.recorder: outbox.Recorder | None = None
+        """Set when ``notify_url`` is: every append through :attr:`engine` records the
+        notifications it causes (:mod:`retro.store.outbox`)."""
+        if settings.notify_url:
+            self.recorder = outbox.Recorder()
+            self.engine = self.engine.execution_options(**{outbox.OPTION: self.recorder})
         self._embedded: EmbeddedRedis | None = None
         self.queues: Queues | None = None
         self.redis_warning: str | None = None
@@ -194,8 +200,11 @@ class App:
             return await runs.idle(conn, ignore=self.ticker.given_up if self.ticker else {})
 
     def describe(self) -> dict[str, Any]:
-        """Masked connection facts for output."""
+        """Masked connection facts for output (``notify``: the webhook's scheme, host
+        and port, or ``None``)."""
+        url = self.settings.notify_url
         return {
             "database": mask_url(self.settings.database_url),
             "redis": mask_url(self.settings.redis_url),
+            "notify": None if url is None else mask_webhook(url),
         }

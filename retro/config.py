@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(1, ge=1, le=10_000)
     cooldown: float = Field(86400.0, ge=0, le=MAX_SECONDS)
     expected_predictions: int | None = Field(None, ge=0)
+    notify_url: str | None = Field(
+        None,
+        description="webhook the daemon POSTs a JSON notification to when a run fails or a "
+        "backfill finishes (http or https; a secret: shown masked)",
+    )
     analysis_job_id: str = STAGES[Phase.ANALYSIS].job_id
     predictions_job_id: str = STAGES[Phase.PREDICTIONS].job_id
     settlement_job_id: str = STAGES[Phase.SETTLEMENT].job_id
@@ -215,6 +220,14 @@ class Settings(BaseSettings):
             database = urlsplit(value).path.strip("/")
             if database and not database.isdigit():
                 raise ValueError(f"Redis database {database!r} in the URL is not a number")
+        return value
+
+    @field_validator("notify_url")
+    @classmethod
+    def _check_notify_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_webhook_url(value)
         return value
 
     @field_validator("http_host", "metrics_host")
@@ -327,6 +340,59 @@ def check_job_id_format(template: str) -> None:
             f"job id format {shown} needs a letter beside {{matchId}} "
             "(a numeric id could be one of BullMQ's own)"
         )
+
+
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+def check_webhook_url(url: str) -> None:
+    """Check that ``url`` is an ``http://`` or ``https://`` URL with a host (and a
+    valid port), as ``notify_url`` needs. Nothing is resolved or fetched.
+
+    Raises:
+        ValueError: it is not; the message never holds the URL (its path or query
+            may be the webhook's secret token), only the scheme or the part at fault.
+    """
+    if url != url.strip() or any(not c.isprintable() for c in url):
+        raise ValueError("has blanks or control characters; give one http(s) URL")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in WEBHOOK_SCHEMES:
+        shown = ascii(scheme)[:40] if scheme else "(none)"
+        raise ValueError(f"unsupported webhook URL scheme {shown}; use http:// or https://")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("the webhook URL has no host")
+    _check_port(url)
+
+
+def mask_webhook(url: str) -> str:
+    """``url`` as it may be shown: scheme, host and port, with a user, password, path,
+    query or fragment replaced by ``***`` (a webhook's token is often in its path:
+    ``https://hooks.slack.com/***``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    user = "***@" if parts.username is not None or parts.password is not None else ""
+    rest = "/***" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{user}{host}{port}{rest}"
+
+
+def redact(text: str, secret_url: str | None) -> str:
+    """``text`` with every occurrence of ``secret_url`` (and of its path and query,
+    which an HTTP library may quote alone) replaced by its :func:`mask_webhook` form,
+    then :func:`mask` applied."""
+    if secret_url:
+        text = text.replace(secret_url, mask_webhook(secret_url))
+        parts = urlsplit(secret_url)
+        for piece in (parts.path, parts.query):
+            if len(piece.strip("/")) >= 4:
+                text = text.replace(piece, "/***")
+    return mask(text)
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -594,9 +660,12 @@ def setting_sources(**overrides: object) -> dict[str, str]:
 def public_values(settings: Settings) -> dict[str, Any]:
     """Every setting as a JSON-ready value (durations in seconds, paths as text,
     unset as ``None``), with the passwords in ``database_url`` and ``redis_url``
-    (and in any other URL) replaced by ``***``."""
+    (and in any other URL) replaced by ``***``, and ``notify_url`` shown as
+    :func:`mask_webhook` does (scheme, host and port only)."""
     values: dict[str, Any] = settings.model_dump(mode="json")
     for name, value in values.items():
-        if isinstance(value, str):
+        if name == "notify_url" and isinstance(value, str):
+            values[name] = mask_webhook(value)
+        elif isinstance(value, str):
             values[name] = mask_url(value) if name.endswith("_url") else mask(value)
     return values

@@ -44,10 +44,11 @@ from retro.events import (
     RunCompleted,
     RunFailed,
 )
-from retro.machine import JobState, JobView, Run, State, Waiting
+from retro.machine import TERMINAL, JobState, JobView, Run, State, Waiting
+from retro.notification import KINDS
 from retro.queue import count_workers, redis_db
 from retro.store.gaps import GapKind, Scan
-from retro.store.schema import backfill_runs
+from retro.store.schema import backfill_runs, backfills, outbox
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 """Hand-off latency buckets, seconds (issue 4's targets: p50 ≤ 10 ms, p99 ≤ 50 ms)."""
 SCAN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 """Gap scan duration buckets, seconds."""
+LIVE_BACKFILLS_SHOWN = 20
+"""Live backfills reported per scrape (the oldest first): one series each, so the
+label cardinality stays bounded however many backfills are stored."""
 
 _KNOWN_REASONS = (
     ("timed out", "timeout"),
@@ -148,6 +152,31 @@ class Metrics:
             ["queue"],
             registry=registry,
         )
+        self.notifications_sent = Counter(
+            "retro_notifications_sent",
+            "Webhook notifications the receiver accepted (2xx), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.notifications_failed = Counter(
+            "retro_notifications_failed",
+            "Webhook notification attempts that failed (error, timeout, non-2xx), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.notifications_given_up = Counter(
+            "retro_notifications_given_up",
+            "Webhook notifications given up after their last attempt, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in KINDS:
+            for counter in (
+                self.notifications_sent,
+                self.notifications_failed,
+                self.notifications_given_up,
+            ):
+                counter.labels(kind=kind)
         self.over_budget: tuple[Waiting, ...] = ()
         """Jobs over their schedule-to-start budget at the last tick (for ``/healthz``)."""
         self.last_tick_at: float | None = None
@@ -305,6 +334,126 @@ class RunsByState:
         for unknown, n in sorted(counts.items()):  # a state this version does not know
             family.add_metric([unknown], n)
         yield family
+
+
+class Notifications:
+    """``retro_notifications_pending`` (not sent yet, still tried) and
+    ``retro_notifications_abandoned`` (given up, never sent): the ``outbox`` rows,
+    counted in the database per scrape (one query), so they hold across restarts and
+    rival daemons. Left out of a scrape when the database does not answer."""
+
+    PENDING = "retro_notifications_pending"
+    ABANDONED = "retro_notifications_abandoned"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        """The gauges' names, without querying."""
+        return list(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(self.PENDING, "Webhook notifications recorded and not sent yet."),
+            GaugeMetricFamily(
+                self.ABANDONED, "Webhook notifications given up (never sent) in the outbox."
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        """Count the outbox rows now."""
+        try:
+            with self.engine.connect() as conn:
+                pending, abandoned = conn.execute(
+                    select(
+                        func.count().filter(outbox.c.next_try_at.is_not(None)),
+                        func.count().filter(outbox.c.next_try_at.is_(None)),
+                    ).where(outbox.c.sent_at.is_(None))
+                ).one()
+        except Exception as exc:
+            log.warning("notifications not counted: %s", error_line(exc))
+            return
+        families = self._families()
+        families[0].add_metric([], int(pending or 0))
+        families[1].add_metric([], int(abandoned or 0))
+        yield from families
+
+
+class LiveBackfills:
+    """``retro_backfill_running_seconds`` and ``retro_backfill_live_runs`` (labels
+    ``backfill``, ``label``, ``state``: ``running`` or ``paused``): each backfill with
+    a live run and not cancelled, the :data:`LIVE_BACKFILLS_SHOWN` oldest, counted in
+    the database per scrape. Seconds since it was created. A finished backfill drops
+    out, so the series are few. Left out of a scrape when the database does not answer.
+    """
+
+    SECONDS = "retro_backfill_running_seconds"
+    LIVE = "retro_backfill_live_runs"
+    LABELS = ("backfill", "label", "state")
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def describe(self) -> Iterable[Metric]:
+        """The gauges' names, without querying."""
+        return list(self._families())
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                self.SECONDS,
+                "Seconds since each live backfill (a run not ended, not cancelled) was created.",
+                labels=self.LABELS,
+            ),
+            GaugeMetricFamily(
+                self.LIVE, "Runs not ended of each live backfill.", labels=self.LABELS
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the live backfills now."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(
+                        backfills.c.id,
+                        backfills.c.label,
+                        backfills.c.paused,
+                        backfills.c.created_at,
+                        func.count(),
+                    )
+                    .join(backfill_runs, backfill_runs.c.backfill_id == backfills.c.id)
+                    .where(
+                        backfills.c.cancelled_at.is_(None),
+                        backfill_runs.c.state.not_in([str(s) for s in TERMINAL]),
+                    )
+                    .group_by(
+                        backfills.c.id,
+                        backfills.c.label,
+                        backfills.c.paused,
+                        backfills.c.created_at,
+                    )
+                    .order_by(backfills.c.created_at, backfills.c.id)
+                    .limit(LIVE_BACKFILLS_SHOWN)
+                ).all()
+        except Exception as exc:
+            log.warning("live backfills not read: %s", error_line(exc))
+            return
+        now = self.clock()
+        seconds, live = self._families()
+        for backfill_id, label, paused, created_at, n in rows:
+            labels = [backfill_id, label[:80], "paused" if paused else "running"]
+            seconds.add_metric(labels, max(0.0, (now - created_at).total_seconds()))
+            live.add_metric(labels, int(n))
+        yield seconds
+        yield live
+
+
+def database_collectors(engine: Engine) -> list[Any]:
+    """The collectors that read retro's database per scrape: runs by state, the
+    outbox and the live backfills (register each on the metrics' registry)."""
+    return [RunsByState(engine), Notifications(engine), LiveBackfills(engine)]
 
 
 class WorkersByQueue:

@@ -8,6 +8,11 @@ clock instant, so a jump back of the host's clock stopped every tick until the
 clock caught up (issue 9). Each due time here is a deadline on the monotonic
 clock, and the loop waits for the nearest one or for a wake-up, whichever first.
 
+With ``notify_url`` set, the daemon also runs the notification sender
+(:class:`retro.notify.Sender`) as a task of its own beside the loop: woken when a
+tick recorded a notification, never awaited by a tick; on stop it is given
+:data:`retro.notify.DRAIN` seconds to send what is due.
+
 ``Daemon.run_once()`` performs exactly one tick (for tests); ``run(until_idle=True)``
 returns once every run is terminal.
 """
@@ -33,6 +38,7 @@ from retro.app import App
 from retro.backfill import SCAN_LABEL
 from retro.config import error_line
 from retro.errors import UsageError
+from retro.notify import DRAIN, Sender
 from retro.tick import TickReport, unreachable
 
 log = logging.getLogger("retro.daemon")
@@ -153,6 +159,8 @@ class Daemon:
         self._scan_due = False
         self._outage = Outage(ceiling=self.settings.tick_interval)
         self._job_ids = jobids.pattern(app.policy.job_ids.values())  # retro's own job ids
+        self.sender: Sender | None = None
+        """The notification sender while :meth:`run` runs (``notify_url`` set)."""
 
     async def run_once(self) -> TickReport:
         """Exactly one tick, at the clock's ``now``."""
@@ -197,6 +205,8 @@ class Daemon:
         """One tick as the loop runs it; returns the earliest back-off end it saw."""
         try:
             report = await self.run_once()
+            if report.notified and self.sender is not None:
+                self.sender.wake()  # sent after commit, off the tick's path
             if report.again:
                 self.wake()  # a run can go on at once: look again
             elif (
@@ -228,6 +238,36 @@ class Daemon:
             self._scan_due = True  # retried with the next tick
             self._outage.failed(dependency, exc)
 
+    def _start_sender(self) -> tuple[asyncio.Task[None], asyncio.Event] | None:
+        """Start the notification sender's task (``notify_url`` set), or ``None``."""
+        url = self.settings.notify_url
+        if url is None:
+            return None
+        self.sender = Sender(self.app.engine, url, self.app.metrics, clock=self.clock)
+        stop = asyncio.Event()
+        return asyncio.create_task(self.sender.run(stop), name="retro-notify"), stop
+
+    async def _stop_sender(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """Stop the sender: let its current look end and send what is due, retries
+        that come due included, all within :data:`retro.notify.DRAIN` seconds; then
+        close it. What is left stays in the outbox for the next start."""
+        assert self.sender is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN
+        stop.set()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=DRAIN)
+            if not done:
+                task.cancel()  # a claim it held frees itself after its lease
+                await asyncio.wait({task})
+            elif not task.cancelled() and task.exception() is None:
+                await self.sender.drain(deadline - loop.time())
+        except Exception as exc:
+            log.warning("notifications not drained: %s", error_line(exc))
+        finally:
+            await self.sender.close()
+            self.sender = None
+
     async def run(
         self, *, until_idle: bool = False, scan: bool = True, handle_signals: bool = True
     ) -> None:
@@ -249,6 +289,7 @@ class Daemon:
         self._scan_due = scan
         next_scan = loop.time() + self.settings.scan_interval if scan else math.inf
         next_tick = loop.time()  # the first tick at once
+        sending = self._start_sender()
         try:
             while not self._stop.is_set():
                 wait = min(next_tick, next_scan) - loop.time()
@@ -268,6 +309,8 @@ class Daemon:
                 backoff_end = await self._tick(until_idle)
                 next_tick = loop.time() + self._until_next_tick(backoff_end)
         finally:
+            if sending is not None:
+                await self._stop_sender(*sending)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)

@@ -11,7 +11,9 @@ For each run, :meth:`Ticker._advance` does, visibly in order:
 6. **effect**: enqueue the job a request asked for (step 3).
 
 The crash points ``before_append``/``after_append``/``before_enqueue``/
-``after_enqueue`` (:mod:`retro.crashpoints`) sit between these steps.
+``after_enqueue`` (:mod:`retro.crashpoints`) sit between these steps, and
+``after_notify_commit`` right after an append that recorded a notification
+(``notify_url``: :mod:`retro.store.outbox`) committed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from retro.metrics import Metrics
 from retro.queue import FINISHED_STATES, Queues
 from retro.queue import is_unreachable as queue_is_unreachable
 from retro.stages import STAGES
-from retro.store import db, runs
+from retro.store import db, outbox, runs
 from retro.store.facts import MatchFacts, match_facts
 
 log = logging.getLogger("retro")
@@ -82,6 +84,9 @@ class TickReport:
     next_backoff_end: datetime | None = None
     """The earliest end of a retry back-off still to come (aware UTC), or ``None``:
     the daemon ticks then if that comes before its ``tick_interval``."""
+    notified: int = 0
+    """Notifications the tick's appends recorded (``notify_url``): the daemon wakes
+    its sender for them."""
 
 
 class Ticker:
@@ -126,6 +131,19 @@ class Ticker:
         """Consecutive ticks each run failed to advance (cleared when it advances)."""
         self.given_up: dict[str, str] = {}
         """Runs this process stopped trying (even ``RunFailed`` was refused): the cause."""
+        self.recorder = outbox.recorder_of(engine)
+        """Counts the notifications appends record (``None``: ``notify_url`` unset)."""
+
+    def _recorded(self) -> int:
+        return 0 if self.recorder is None else self.recorder.recorded
+
+    def _notified(self, mark: int, report: TickReport) -> None:
+        """After a committed append: if it recorded notifications (the count moved
+        past ``mark``), reach ``after_notify_commit`` and count them in ``report``."""
+        recorded = self._recorded() - mark
+        if recorded > 0:
+            self.crash.reach("after_notify_commit")
+            report.notified += recorded
 
     async def tick(self, *, now: datetime) -> TickReport:
         """Advance every due run as far as the facts allow (DESIGN §2, one tick).
@@ -213,6 +231,7 @@ class Ticker:
         until it restarts. Either way one ERROR line names the run and the cause."""
         reason = clip(f"retro gave up after {failures} failed ticks in a row: {cause}")
         event = RunFailed(at=now, reason=reason)
+        mark = self._recorded()
         try:
             async with self.engine.begin() as conn:
                 run = await runs.get(conn, run_id, wait=True)
@@ -235,6 +254,7 @@ class Ticker:
                 extra=run_fields(run_id),
             )
             return
+        self._notified(mark, report)
         report.events.append((run_id, event))
         report.freed += 1
         self.metrics.appended(new.id, event)
@@ -259,6 +279,7 @@ class Ticker:
         it came from: a rival may have put a run in back-off since it was listed.
         ``starting`` says it came from the starters (for ``report.started``).
         """
+        mark = self._recorded()
         try:
             async with self.engine.begin() as conn:
                 run = await runs.get(conn, run_id, lock=True)  # lock
@@ -284,6 +305,7 @@ class Ticker:
             )
             return
         self.crash.reach("after_append")
+        self._notified(mark, report)
         self._record(planned, report, starting=starting)
         await self._effect(planned.events[-1], match)  # effect (step 3)
 

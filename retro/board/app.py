@@ -46,7 +46,7 @@ from retro.commands import Refused
 from retro.config import EMBEDDED_REDIS, Settings, mask
 from retro.embedded import EmbeddedRedis
 from retro.machine import LIVE, TERMINAL, State
-from retro.metrics import Health, Probes, RunsByState, WorkersByQueue, sync_engine
+from retro.metrics import Health, Probes, WorkersByQueue, database_collectors, sync_engine
 
 HERE = Path(__file__).parent
 POLL = "every 2s"
@@ -159,7 +159,8 @@ async def open_board(site: Site) -> AsyncIterator[Board]:
     """Open what ``site``'s pages read, in the running event loop, and close it all on
     exit: an :class:`App` without Redis (the database, checked as every command checks
     it), a :class:`Reader` on the Redis, a synchronous engine for :class:`Health`,
-    and, with a daemon's probes, the runs-by-state and workers collectors on its
+    and, with a daemon's probes, the database collectors
+    (:func:`retro.metrics.database_collectors`) and the workers collector on its
     registry (unregistered on exit).
 
     Raises:
@@ -188,7 +189,7 @@ async def open_board(site: Site) -> AsyncIterator[Board]:
             registry = probes.metrics.registry
             workers = WorkersByQueue(probes.redis_url, probes.queue_prefix, probes.queues)
             stack.callback(workers.close)
-            for collector in (RunsByState(engine), workers):
+            for collector in (*database_collectors(engine), workers):
                 registry.register(collector)
                 stack.callback(registry.unregister, collector)
         yield Board(reader=reader, health=health, probes=probes)

@@ -131,9 +131,10 @@ def run(
                         logger.warning(retro.redis_warning)
                     described = retro.describe()
                     logger.info(
-                        "daemon started: database %s, redis %s",
+                        "daemon started: database %s, redis %s%s",
                         described["database"],
                         described["redis"],
+                        f", notifications to {described['notify']}" if described["notify"] else "",
                     )
                     await Daemon(retro).run(until_idle=until_idle, scan=scan)
                     counts = await commands.counts(retro)

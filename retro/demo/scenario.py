@@ -55,10 +55,12 @@ class DemoReport:
 
 
 def demo_settings(workdir: Path) -> Settings:
-    """The demo's settings: files under ``workdir``, defaults otherwise (max_in_flight 1)."""
+    """The demo's settings: files under ``workdir``, defaults otherwise (max_in_flight 1).
+    Never a ``notify_url``: a replay of 2025 must not post to the operator's webhook."""
     return Settings(
         database_url=f"sqlite+aiosqlite:///{workdir / 'retro-demo.db'}",
         redis_url="embedded",
+        notify_url=None,
     )
 
 

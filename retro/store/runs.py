@@ -2,7 +2,8 @@
 
 ``append`` is the one write path: it inserts the events into
 ``backfill_events`` and updates the ``backfill_runs`` projection in the same
-transaction, guarded by the run's ``version``. A lost race (a rival daemon
+transaction, guarded by the run's ``version`` (and records the notifications they
+cause there too: :mod:`retro.store.outbox`). A lost race (a rival daemon
 appended first) surfaces as :class:`ConcurrencyError`; a second live run of a
 match as :class:`LiveRunExists`; any other refusal as :class:`AppendRejected`
 (translated by constraint name in :mod:`retro.store.constraints`).
@@ -47,6 +48,7 @@ from retro.store.constraints import AppendRejected as AppendRejected  # re-expor
 from retro.store.constraints import ConcurrencyError as ConcurrencyError
 from retro.store.constraints import LiveRunExists as LiveRunExists
 from retro.store.constraints import translate
+from retro.store.outbox import after_append
 from retro.store.schema import IN_FLIGHT_SQL, backfill_events, backfill_runs
 from retro.text import escape
 
@@ -124,6 +126,10 @@ async def append(
     caller commits; after any of the errors below the caller must roll the
     transaction back.
 
+    When recording is on for ``conn`` (``notify_url``), the notifications the
+    events cause (a run failed, its backfill finished) are recorded in the same
+    transaction (:func:`retro.store.outbox.after_append`).
+
     Raises:
         ConcurrencyError: a rival appended first (seq taken or version moved).
         LiveRunExists: the match already has a live run (on ``RunSeeded`` or
@@ -166,6 +172,7 @@ async def append(
                 raise ConcurrencyError(f"run {run.id} moved past version {run.version}")
     except IntegrityError as exc:
         raise translate(exc, current.id) from exc
+    await after_append(conn, run, events, projected)  # notifications, same transaction
     return current
 
 

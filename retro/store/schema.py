@@ -7,9 +7,10 @@ and the embedded demo can create them. Host deployments may have extra columns;
 nothing here selects ``*``.
 
 retro's own tables (`backfill_runs`, the projection, `backfill_events`, the
-append-only log, and `backfills` with `backfill_actions`, the backfills that
-seeded the runs: :mod:`retro.backfill`) live in :data:`retro_metadata` and are
-created and migrated by Alembic (``retro db upgrade``).
+append-only log, `backfills` with `backfill_actions`, the backfills that
+seeded the runs: :mod:`retro.backfill`, and `outbox`, the notifications to send:
+:mod:`retro.store.outbox`) live in :data:`retro_metadata` and are created and
+migrated by Alembic (``retro db upgrade``).
 """
 
 from __future__ import annotations
@@ -230,6 +231,23 @@ backfill_actions = Table(
     Column("by", Text, nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Index("ix_backfill_actions_backfill_id", "backfill_id", "id"),
+)
+
+outbox = Table(
+    "outbox",
+    retro_metadata,
+    # The idempotency key (retro.notification): a second record of one notification
+    # is a no-op (INSERT … ON CONFLICT DO NOTHING).
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),  # run.failed | backfill.finished
+    Column("payload", Text, nullable=False),  # JSON object: the webhook's body
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # When the sender may try next (also its claim's lease); NULL once sent or given up.
+    Column("next_try_at", UTCDateTime()),
+    Column("sent_at", UTCDateTime()),
+    Column("last_error", Text),  # one masked line
+    Index("ix_outbox_next_try_at", "next_try_at"),
 )
 
 HOST_TABLES: tuple[str, ...] = tuple(host_metadata.tables)
