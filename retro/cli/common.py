@@ -58,6 +58,7 @@ COMMAND_LINE_ONLY = {
     "RETRO_RETRY_BACKFILL": "retry --backfill",
     "RETRO_PAUSE_BACKFILL": "pause --backfill",
     "RETRO_RESUME_BACKFILL": "resume --backfill",
+    "RETRO_DEMO_BOARD": "demo --board",
 }
 """Options that choose what a command does (which runs or matches it touches, whether
 it writes, whether it keeps running) and so read no environment variable, by the

@@ -9,6 +9,8 @@ import click
 
 from retro import commands
 from retro.app import App
+from retro.board.app import Site
+from retro.board.server import DEFAULT_PORT, HttpServer, until_signalled
 from retro.cli.common import (
     connection_options,
     execute,
@@ -24,7 +26,6 @@ from retro.cli.render import (
 from retro.config import setting_env
 from retro.crashpoints import CrashPoints
 from retro.logs import setup_logging
-from retro.metrics import MetricsServer
 from retro.scheduler import Daemon, SqliteLock
 from retro.store.db import require_sqlite_file
 
@@ -56,18 +57,32 @@ from retro.store.db import require_sqlite_file
     help="Seconds between safety-net ticks.",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    envvar=setting_env("http_port"),
+    show_envvar=True,
+    help="Serve the board, Prometheus /metrics and /healthz on this port (0: off). "
+    "Setting http_port (default 0).",
+)
+@click.option(
+    "--http-host",
+    envvar=setting_env("http_host"),
+    show_envvar=True,
+    help="Address the HTTP server listens on. The board has no login: expose it only "
+    "behind a proxy. Setting http_host (default 127.0.0.1).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     envvar=setting_env("metrics_port"),
     show_envvar=True,
-    help="Serve Prometheus /metrics and /healthz on this port (0: off). "
-    "Setting metrics_port (default 0).",
+    help="Deprecated name of --http-port (setting metrics_port).",
 )
 @click.option(
     "--metrics-host",
     envvar=setting_env("metrics_host"),
     show_envvar=True,
-    help="Address the metrics server listens on. Setting metrics_host (default 127.0.0.1).",
+    help="Deprecated name of --http-host (setting metrics_host).",
 )
 @connection_options
 def run(
@@ -75,6 +90,8 @@ def run(
     scan: bool,
     max_in_flight: int | None,
     tick_interval: float | None,
+    http_port: int | None,
+    http_host: str | None,
     metrics_port: int | None,
     metrics_host: str | None,
     database_url: str | None,
@@ -88,6 +105,8 @@ def run(
         redis_url,
         max_in_flight=max_in_flight,
         tick_interval=tick_interval,
+        http_port=http_port,
+        http_host=http_host,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         log_format=log_format,
@@ -96,33 +115,39 @@ def run(
 
     async def go() -> None:
         require_sqlite_file(settings.database_url)  # before the lock file is made
-        port, host = settings.metrics_port, settings.metrics_host
-        server = MetricsServer(host, port) if port else None
+        port, host = settings.http_port, settings.http_host
+        server = HttpServer(host, port) if port else None
         lock = SqliteLock(settings.database_url)
         try:
             lock.acquire()
             async with App(settings, crash=CrashPoints.from_env()) as retro:
-                if server is not None:
-                    server.serve(retro.probes())
                 logger = logging.getLogger("retro")
-                if retro.redis_warning:
-                    logger.warning(retro.redis_warning)
-                described = retro.describe()
-                logger.info(
-                    "daemon started: database %s, redis %s%s",
-                    described["database"],
-                    described["redis"],
-                    f", notifications to {described['notify']}" if described["notify"] else "",
-                )
-                await Daemon(retro).run(until_idle=until_idle, scan=scan)
-                counts = await commands.counts(retro)
-                logger.info(
-                    "daemon stopped: runs %s",
-                    ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
-                )
+                for deprecated in settings.deprecated():
+                    logger.warning(deprecated)
+                try:
+                    if server is not None:
+                        server.start(Site(settings, retro.probes()))
+                    if retro.redis_warning:
+                        logger.warning(retro.redis_warning)
+                    described = retro.describe()
+                    logger.info(
+                        "daemon started: database %s, redis %s%s",
+                        described["database"],
+                        described["redis"],
+                        f", notifications to {described['notify']}" if described["notify"] else "",
+                    )
+                    await Daemon(retro).run(until_idle=until_idle, scan=scan)
+                    counts = await commands.counts(retro)
+                    logger.info(
+                        "daemon stopped: runs %s",
+                        ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none",
+                    )
+                finally:  # before the app closes: the board reads its (embedded) Redis
+                    if server is not None:
+                        server.close()
         finally:
             if server is not None:
-                server.close()
+                server.close()  # bound but never started: the port is released
             lock.release()
 
     execute(go(), verbose)
@@ -176,22 +201,112 @@ def workers(
     )
 
 
+port_option = click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar="RETRO_BOARD_PORT",
+    show_envvar=True,
+    help=f"Port of the board (0: any free port). Default: the http_port setting if set, "
+    f"else {DEFAULT_PORT}.",
+)
+http_host_option = click.option(
+    "--http-host",
+    envvar=setting_env("http_host"),
+    show_envvar=True,
+    help="Address the board listens on. It has no login: expose it only behind a proxy. "
+    "Setting http_host (default 127.0.0.1).",
+)
+
+
+@click.command()
+@port_option
+@http_host_option
+@connection_options
+def board(
+    port: int | None,
+    http_host: str | None,
+    database_url: str | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
+    """Serve the read-only board (and /healthz) over the database, without running the
+    daemon; Ctrl-C or SIGTERM stops it (exit 0)."""
+    settings = settings_from(database_url, redis_url, http_host=http_host, log_format=log_format)
+    setup_logging(verbose, settings.log_format)
+
+    async def go() -> None:
+        server = HttpServer(settings.http_host, _board_port(port, settings.http_port))
+        try:
+            server.start(Site(settings))
+            out.print(f"Board on {server.url} (read-only; Ctrl-C stops it).", soft_wrap=True)
+            await until_signalled(server)
+        finally:
+            server.close()
+
+    execute(go(), verbose)
+
+
+def _board_port(port: int | None, http_port: int) -> int:
+    """``--port`` if given, else the ``http_port`` setting, else :data:`DEFAULT_PORT`."""
+    if port is not None:
+        return port
+    return http_port or DEFAULT_PORT
+
+
 @click.command()
 @click.option(
     "--workdir",
     default="retro-demo",
     help="Folder for the demo's SQLite and Redis files (recreated).",
 )
+@click.option(
+    "--board",
+    "with_board",
+    is_flag=True,
+    help="Serve the board during the heal and keep it up afterwards, until Ctrl-C.",
+)
+@port_option
+@http_host_option
 @verbose_option
 @log_format_option
-def demo(workdir: str, verbose: bool, log_format: str | None) -> None:
+def demo(
+    workdir: str,
+    with_board: bool,
+    port: int | None,
+    http_host: str | None,
+    verbose: bool,
+    log_format: str | None,
+) -> None:
     """Play the 2024/25 season with an outage, then heal it on the embedded default."""
     # The demo brings its own database and embedded Redis; every other setting is
     # checked here as the demo will read it.
-    settings = settings_from("sqlite+aiosqlite:///retro-demo.db", "embedded", log_format=log_format)
+    settings = settings_from(
+        "sqlite+aiosqlite:///retro-demo.db",
+        "embedded",
+        http_host=http_host,
+        log_format=log_format,
+    )
     setup_logging(verbose, settings.log_format)
     if not verbose:
         logging.getLogger("retro").setLevel(logging.WARNING)
-    from retro.demo.scenario import run_demo
+    from retro.demo.scenario import DemoReport, run_demo
 
-    render_demo(execute(run_demo(workdir, say=out.print), verbose))
+    if not with_board:
+        render_demo(execute(run_demo(workdir, say=out.print), verbose))
+        return
+
+    async def go() -> None:
+        server = HttpServer(settings.http_host, _board_port(port, settings.http_port))
+
+        async def keep_up(report: DemoReport) -> None:
+            render_demo(report)
+            out.print(f"Board still on {server.url}; Ctrl-C stops it.", soft_wrap=True)
+            await until_signalled(server)
+
+        try:
+            await run_demo(workdir, say=out.print, board=server, then=keep_up)
+        finally:
+            server.close()
+
+    execute(go(), verbose)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retro import commands
 from retro.app import App
+from retro.board.app import Site
+from retro.board.server import HttpServer
 from retro.config import ConfigError, Settings
 from retro.demo.seed import DemoSeed, seed_demo
 from retro.machine import Run, State
@@ -30,6 +32,8 @@ from retro.store import db, gaps, migrate, runs
 DEMO_NOW = datetime(2025, 5, 26, 12, 0, tzinfo=UTC)
 """The demo's present: the day after the last matchday of the five leagues."""
 OUTAGE_DAYS = 14
+DEMO_LABEL = "demo: the 14-day outage"
+"""The label of the demo's backfill."""
 HEAL_TIMEOUT = 300.0
 """Seconds the demo waits for the daemon before reporting what is left."""
 
@@ -90,12 +94,24 @@ def prepare_workdir(workdir: str) -> Path:
     return folder
 
 
-async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoReport:
+async def run_demo(
+    workdir: str,
+    *,
+    say: Callable[[str], None] = print,
+    board: HttpServer | None = None,
+    then: Callable[[DemoReport], Awaitable[None]] | None = None,
+) -> DemoReport:
     """Seed, break, heal and report. ``workdir`` is emptied of an earlier demo's
     files (:func:`prepare_workdir`).
 
+    With ``board`` (bound, not started), the board is served from the start of the
+    heal; ``then(report)`` is awaited before the demo's Redis and database close
+    (``retro demo --board`` keeps the board up in it until Ctrl-C). The board is
+    closed before they are.
+
     Raises:
         ConfigError: ``workdir`` holds files that are not the demo's.
+        RetroError: the board did not start.
     """
     folder = prepare_workdir(workdir)
     settings = demo_settings(folder)
@@ -115,37 +131,54 @@ async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoR
     )
 
     async with App(settings) as app:
-        stop = asyncio.Event()
-        workers = asyncio.create_task(
-            run_workers(
-                settings.database_url, app.redis_url, prefix=settings.queue_prefix, stop=stop
-            )
-        )
         try:
-            started = await commands.start(app, days=OUTAGE_DAYS, now=utcnow(), until=DEMO_NOW)
-            say(
-                f"Seeded {len(started.seeded)} runs (retro start --days {OUTAGE_DAYS}); "
-                "healing with the embedded Redis and the reference workers …"
-            )
-            clock = time.monotonic()
-            daemon = Daemon(app)
-            try:
-                await asyncio.wait_for(
-                    daemon.run(until_idle=True, scan=False, handle_signals=False),
-                    HEAL_TIMEOUT,
-                )
-            except TimeoutError:
-                say(f"The heal did not finish within {HEAL_TIMEOUT:.0f} s; showing what is left.")
-            seconds = time.monotonic() - clock
+            if board is not None:
+                board.start(Site(settings, app.probes()))
+                say(f"Board on {board.url} (read-only).")
+            report = await _heal(app, settings, seed, before, say)
+            if then is not None:
+                await then(report)
         finally:
-            stop.set()
-            await workers
-        after = await _scan(app.engine, settings)
-        async with app.engine.connect() as conn:
-            counts = await runs.counts_by_state(conn)
-            failed = await runs.list_runs(conn, states=[State.FAILED])
-            audit = await runs.audit(conn)
-        board = await host.leaderboard(app.engine)
+            if board is not None:
+                board.close()
+    return report
+
+
+async def _heal(
+    app: App, settings: Settings, seed: DemoSeed, before: gaps.Scan, say: Callable[[str], None]
+) -> DemoReport:
+    """Seed the runs, heal them with the reference workers, and report."""
+    stop = asyncio.Event()
+    workers = asyncio.create_task(
+        run_workers(settings.database_url, app.redis_url, prefix=settings.queue_prefix, stop=stop)
+    )
+    try:
+        started = await commands.start(
+            app, days=OUTAGE_DAYS, now=utcnow(), until=DEMO_NOW, label=DEMO_LABEL
+        )
+        say(
+            f"Seeded {len(started.seeded)} runs (retro start --days {OUTAGE_DAYS}); "
+            "healing with the embedded Redis and the reference workers …"
+        )
+        clock = time.monotonic()
+        daemon = Daemon(app)
+        try:
+            await asyncio.wait_for(
+                daemon.run(until_idle=True, scan=False, handle_signals=False),
+                HEAL_TIMEOUT,
+            )
+        except TimeoutError:
+            say(f"The heal did not finish within {HEAL_TIMEOUT:.0f} s; showing what is left.")
+        seconds = time.monotonic() - clock
+    finally:
+        stop.set()
+        await workers
+    after = await _scan(app.engine, settings)
+    async with app.engine.connect() as conn:
+        counts = await runs.counts_by_state(conn)
+        failed = await runs.list_runs(conn, states=[State.FAILED])
+        audit = await runs.audit(conn)
+    leaderboard = await host.leaderboard(app.engine)
     return DemoReport(
         seed=seed,
         before=before,
@@ -156,7 +189,7 @@ async def run_demo(workdir: str, *, say: Callable[[str], None] = print) -> DemoR
         seconds=seconds,
         events=audit.events,
         drift=len(audit.drifted),
-        leaderboard=board,
+        leaderboard=leaderboard,
     )
 
 

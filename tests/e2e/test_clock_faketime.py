@@ -145,7 +145,7 @@ async def test_a_daemon_whose_clock_jumps_charges_nothing_and_stays_truthful(
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "retro", "run", "--no-scan"),
-                *("--tick-interval", str(TICK), "--metrics-port", str(port), *args),
+                *("--tick-interval", str(TICK), "--http-port", str(port), *args),
             ],
             cwd=tmp_path,
             env=env,

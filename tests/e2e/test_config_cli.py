@@ -41,7 +41,8 @@ def test_defaults_in_an_empty_folder(tmp_path: Path) -> None:
     assert settings["max_in_flight"] == 1 and settings["cooldown"] == 86400.0
     assert settings["expected_predictions"] is None
     assert settings["analysis_job_id"] == "analyze-retro-{matchId}"
-    assert (settings["metrics_port"], settings["metrics_host"]) == (0, "127.0.0.1")
+    assert (settings["http_port"], settings["http_host"]) == (0, "127.0.0.1")
+    assert (settings["metrics_port"], settings["metrics_host"]) == (None, None)  # deprecated
     assert settings["log_format"] == "console"
     assert not (tmp_path / "retro.db").exists(), "config opened the database"
 
@@ -106,16 +107,18 @@ def test_precedence_option_env_dotenv_toml_default(tmp_path: Path) -> None:
     assert from_dotenv["sources"]["database_url"] == ".env"
 
 
-def test_metrics_and_log_settings_with_their_sources(tmp_path: Path) -> None:
-    """``metrics_port``, ``metrics_host`` and ``log_format`` are settings: read from
-    retro.toml, .env and the environment, shown by ``retro config`` with their source."""
+def test_http_and_log_settings_with_their_sources(tmp_path: Path) -> None:
+    """``http_port``, ``http_host`` and ``log_format`` are settings: read from
+    retro.toml, .env and the environment, shown by ``retro config`` with their source;
+    the deprecated ``metrics_port``/``metrics_host`` set them, with their source."""
     (tmp_path / "retro.toml").write_text("metrics_port = 9464\n", encoding="utf-8")
-    (tmp_path / ".env").write_text("RETRO_METRICS_HOST=0.0.0.0\n", encoding="utf-8")
+    (tmp_path / ".env").write_text("RETRO_HTTP_HOST=0.0.0.0\n", encoding="utf-8")
     env = {"RETRO_LOG_FORMAT": "json"}
     document = config_json(tmp_path, env=env)
     settings, sources = document["settings"], document["sources"]
     assert (settings["metrics_port"], sources["metrics_port"]) == (9464, "retro.toml")
-    assert (settings["metrics_host"], sources["metrics_host"]) == ("0.0.0.0", ".env")
+    assert (settings["http_port"], sources["http_port"]) == (9464, "retro.toml")
+    assert (settings["http_host"], sources["http_host"]) == ("0.0.0.0", ".env")
     assert (settings["log_format"], sources["log_format"]) == ("json", "env")
 
     table = run_retro("config", cwd=tmp_path, env=env)
@@ -127,7 +130,7 @@ def test_metrics_and_log_settings_with_their_sources(tmp_path: Path) -> None:
     ]
     rows = {row[0]: row[1:] for row in cells}
     assert rows["metrics_port"] == ["9464", "retro.toml", "RETRO_METRICS_PORT"], rows
-    assert rows["metrics_host"] == ["0.0.0.0", ".env", "RETRO_METRICS_HOST"], rows
+    assert rows["http_host"] == ["0.0.0.0", ".env", "RETRO_HTTP_HOST"], rows
     assert rows["log_format"] == ["json", "env", "RETRO_LOG_FORMAT"], rows
 
 

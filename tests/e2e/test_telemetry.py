@@ -1,10 +1,10 @@
 """Metrics, health and structured logs of the daemon as a process (issue 5, items 4-5).
 
-A real heal (``retro run --metrics-port``, reference workers, a private redis-server)
+A real heal (``retro run --http-port``, reference workers, a private redis-server)
 is scraped while it runs: hand-offs, hand-off latency and runs done move; ``/healthz``
 is 200 while healthy and 503 naming Redis once that Redis is stopped. Its
 ``--log-format json`` stderr is one JSON object a line, with run, match, job and
-event fields. Bad ``--log-format``/``--metrics-port`` values and a port in use are
+event fields. Bad ``--log-format``/``--http-port`` values and a port in use are
 one-line usage errors.
 """
 
@@ -114,7 +114,7 @@ async def test_metrics_health_and_json_logs_over_a_heal(
     env = {"RETRO_DATABASE_URL": url, "RETRO_REDIS_URL": private_redis.url}
     # settings, not options: the port and the log format from retro.toml (host: 127.0.0.1)
     (tmp_path / "retro.toml").write_text(
-        f'metrics_port = {port}\nlog_format = "json"\n', encoding="utf-8"
+        f'http_port = {port}\nlog_format = "json"\n', encoding="utf-8"
     )
     daemon = start_daemon(tmp_path, env)
     stop = asyncio.Event()
@@ -272,10 +272,12 @@ async def test_console_log_lines_carry_key_value_fields(tmp_path: Path) -> None:
     [
         (["status", "--log-format", "xml"], {}, ["--log-format", "xml"]),
         (["run"], {"RETRO_LOG_FORMAT": "xml"}, ["RETRO_LOG_FORMAT", "xml"]),
+        (["run", "--http-port", "70000"], {}, ["--http-port", "70000"]),
+        (["run"], {"RETRO_HTTP_PORT": "70000"}, ["RETRO_HTTP_PORT", "70000"]),
         (["run", "--metrics-port", "70000"], {}, ["--metrics-port", "70000"]),
         (["run"], {"RETRO_METRICS_PORT": "70000"}, ["RETRO_METRICS_PORT", "70000"]),
     ],
-    ids=["status-xml", "env-xml", "port-high", "env-port"],
+    ids=["status-xml", "env-xml", "port-high", "env-port", "old-port-high", "old-env-port"],
 )
 def test_bad_telemetry_options_are_one_line(
     tmp_path: Path, args: list[str], env: dict[str, str], words: list[str]
@@ -284,7 +286,7 @@ def test_bad_telemetry_options_are_one_line(
     assert files(tmp_path) == {}
 
 
-def test_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+def test_http_port_in_use_is_one_line(tmp_path: Path) -> None:
     url = make_host_db(tmp_path / "host.db")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -293,7 +295,7 @@ def test_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
         result = run_retro(
             "run",
             "--until-idle",
-            "--metrics-port",
+            "--http-port",
             str(port),
             cwd=tmp_path,
             env={"RETRO_DATABASE_URL": url},
@@ -304,7 +306,8 @@ def test_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 def test_metrics_host_is_where_the_server_binds(tmp_path: Path) -> None:
-    """``--metrics-host`` names the interface; one that does not resolve is one line, exit 2."""
+    """``--metrics-host`` (the deprecated name of ``--http-host``) names the interface;
+    one that does not resolve is one line, exit 2; a served one logs its deprecation."""
     url = make_host_db(tmp_path / "host.db")
     result = run_retro(
         "run",
@@ -333,3 +336,4 @@ def test_metrics_host_is_where_the_server_binds(tmp_path: Path) -> None:
     )
     assert served.code == 0, served
     assert f"localhost:{port}" in served.stderr, served.stderr
+    assert "metrics_port is deprecated: use http_port" in served.stderr, served.stderr

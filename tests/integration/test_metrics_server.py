@@ -1,11 +1,13 @@
-"""The metrics server on both backends, in process: ``/metrics`` counts runs by state in
-the database (a synchronous engine made from the async URL) and ``/healthz`` checks the
-last tick, the database and Redis."""
+"""The HTTP server's ``/metrics`` and ``/healthz`` on both backends, in process:
+``/metrics`` counts runs by state in the database (a synchronous engine made from the
+async URL) and ``/healthz`` checks the last tick, the database and Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -13,8 +15,9 @@ from datetime import UTC, datetime
 from prometheus_client.parser import text_string_to_metric_families
 
 from retro.app import App
+from retro.board.app import Site
+from retro.board.server import HttpServer
 from retro.config import Settings
-from retro.metrics import MetricsServer
 from tests.conftest import Backend
 from tests.healing import seed_runs
 
@@ -34,10 +37,10 @@ async def test_metrics_server_counts_runs_and_checks_health(backend: Backend) ->
     settings = Settings(
         database_url=backend.database_url, redis_url=backend.redis_url, queue_prefix=backend.prefix
     )
-    server = MetricsServer("127.0.0.1", 0)  # port 0: any free port (the CLI treats 0 as off)
+    server = HttpServer("127.0.0.1", 0)  # port 0: any free port (the CLI treats 0 as off)
     try:
         async with App(settings) as app:
-            server.serve(app.probes())
+            server.start(Site(settings, app.probes()))
             base = f"http://127.0.0.1:{server.port}"
             status, body = await asyncio.to_thread(get, f"{base}/healthz")
             assert status == 503, body  # no tick yet
@@ -67,5 +70,20 @@ async def test_metrics_server_counts_runs_and_checks_health(backend: Backend) ->
             )
             assert handoffs == 1
             assert (await asyncio.to_thread(get, f"{base}/nope"))[0] == 404
+
+            # the server has a loop of its own: it answers while the daemon's is blocked
+            answered: list[float] = []
+
+            def ask() -> None:
+                get(f"{base}/healthz")
+                answered.append(time.monotonic())
+
+            asker = threading.Thread(target=ask)
+            blocked_at = time.monotonic()
+            asker.start()
+            time.sleep(1.5)  # the daemon's event loop, stuck (as in a blocking call)
+            unblocked_at = time.monotonic()
+            asker.join(5)
+            assert answered and answered[0] < unblocked_at, (blocked_at, answered, unblocked_at)
     finally:
         server.close()

@@ -215,22 +215,50 @@ def test_log_formats_are_the_loggers() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "m-1.internal"])
-def test_a_metrics_host_is_an_address_or_a_name(folder: Path, host: str) -> None:
-    assert load_settings(metrics_host=host).metrics_host == host
+def test_an_http_host_is_an_address_or_a_name(folder: Path, host: str) -> None:
+    assert load_settings(http_host=host).http_host == host
+    assert load_settings(metrics_host=host).http_host == host
 
 
 @pytest.mark.parametrize("host", ["", "not a host", "a..b", "-x.internal", "http://h"])
-def test_a_bad_metrics_host_is_refused(folder: Path, host: str) -> None:
+def test_a_bad_http_host_is_refused(folder: Path, host: str) -> None:
+    message = refused(http_host=host)
+    assert message.startswith("invalid setting http_host (RETRO_HTTP_HOST)")
     message = refused(metrics_host=host)
     assert message.startswith("invalid setting metrics_host (RETRO_METRICS_HOST)")
 
 
 @pytest.mark.parametrize(("port", "ok"), [(0, True), (65535, True), (-1, False), (65536, False)])
-def test_the_metrics_port_is_a_port(folder: Path, port: int, ok: bool) -> None:
+def test_the_http_port_is_a_port(folder: Path, port: int, ok: bool) -> None:
     if ok:
-        assert load_settings(metrics_port=port).metrics_port == port
+        assert load_settings(http_port=port).http_port == port
+        assert load_settings(metrics_port=port).http_port == port  # the deprecated name
     else:
+        assert "RETRO_HTTP_PORT" in refused(http_port=port)
         assert "RETRO_METRICS_PORT" in refused(metrics_port=port)
+
+
+def test_the_deprecated_names_set_the_new_ones(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``metrics_port``/``metrics_host`` (before the board) from any source set
+    ``http_port``/``http_host`` and are named by ``deprecated()``; the new names alone
+    warn of nothing; both with different values are refused, the same value is not."""
+    (folder / "retro.toml").write_text('metrics_port = 9464\nmetrics_host = "::1"\n')
+    settings = load_settings()
+    assert (settings.http_port, settings.http_host) == (9464, "::1")
+    assert settings.deprecated() == [
+        "setting metrics_port is deprecated: use http_port (RETRO_HTTP_PORT)",
+        "setting metrics_host is deprecated: use http_host (RETRO_HTTP_HOST)",
+    ]
+    monkeypatch.setenv("RETRO_HTTP_PORT", "9464")
+    assert load_settings().http_port == 9464  # the same value twice: no conflict
+    monkeypatch.setenv("RETRO_HTTP_PORT", "8080")
+    message = refused()
+    assert "metrics_port (deprecated) and http_port are both set" in message, message
+    (folder / "retro.toml").unlink()
+    assert load_settings().deprecated() == []
+    assert load_settings().http_port == 8080
 
 
 def _options() -> list[tuple[str, click.Option]]:
@@ -249,7 +277,7 @@ def _options() -> list[tuple[str, click.Option]]:
 def test_an_option_for_a_setting_reads_the_settings_variable() -> None:
     """So Click and the settings read one variable; ``retro config`` then names ``env``."""
     seen = {p.name for _, p in _options() if p.name in Settings.model_fields}
-    assert {"database_url", "metrics_port", "metrics_host", "log_format"} <= seen
+    assert {"database_url", "http_port", "http_host", "metrics_port", "log_format"} <= seen
     for _, option in _options():
         if option.name in Settings.model_fields:
             assert option.envvar == f"RETRO_{option.name.upper()}", option.opts
