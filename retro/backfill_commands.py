@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from retro import commands
 from retro.app import App
 from retro.backfill import Action, ActionType, Backfill, os_user
-from retro.commands import CancelReport, Refused, RetryRefused, StatusReport
+from retro.commands import CancelReport, Refused, StatusReport
 from retro.config import mask
 from retro.errors import UsageError
 from retro.logs import run_fields
@@ -269,20 +269,7 @@ async def retry(app: App, ident: str, *, now: datetime, by: str | None = None) -
         failed = await runs.list_runs(
             conn, states=[State.FAILED], limit=1_000_000, backfill_id=backfill.id
         )
-        rearmed = []
-        for run in sorted(failed, key=lambda r: r.id):
-            try:
-                rearmed.append(await runs.rearm(conn, run, now=now))
-            except runs.LiveRunExists:
-                raise RetryRefused(
-                    f"run {run.id}: match {run.match_id} already has a live run"
-                ) from None
-            except runs.ConcurrencyError:
-                raise RetryRefused(
-                    f"run {run.id} changed while being re-armed; look again"
-                ) from None
-            except runs.AppendRejected as exc:
-                raise RetryRefused(f"run {run.id}: {clip(exc.cause)}") from None
+        rearmed = await commands.rearm_each(conn, sorted(failed, key=lambda r: r.id), now=now)
         ids = [run.id for run in rearmed]
         if ids:
             await backfills.record(

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from retro import lookup
 from retro.app import App
 from retro.backfill import SCAN_LABEL, Backfill, os_user
@@ -299,22 +301,33 @@ async def retry(
                     raise RetryRefused(str(exc)) from None
                 chosen.setdefault(run.id, run)
             targets = list(chosen.values())
-        rearmed = []
-        for run in targets:
-            try:
-                rearmed.append(await runs.rearm(conn, run, now=now))
-            except runs.LiveRunExists:
-                raise RetryRefused(
-                    f"run {run.id}: match {run.match_id} already has a live run"
-                ) from None
-            except runs.ConcurrencyError:
-                raise RetryRefused(
-                    f"run {run.id} changed while being re-armed; look again"
-                ) from None
-            except runs.AppendRejected as exc:
-                raise RetryRefused(f"run {run.id}: {clip(exc.cause)}") from None
+        rearmed = await rearm_each(conn, targets, now=now)
     for run in rearmed:
         log.info("RunRearmed", extra=run_fields(run.id, run.match_id, None, "RunRearmed"))
+    return rearmed
+
+
+async def rearm_each(conn: AsyncConnection, targets: list[Run], *, now: datetime) -> list[Run]:
+    """Append ``RunRearmed`` to each of ``targets`` (failed runs) in ``conn``'s
+    transaction, in order; the runs as re-armed.
+
+    Raises:
+        RetryRefused: a run's match has another live run, a rival wrote to the run
+            first, or the database refused the event; the caller rolls back, so
+            nothing is written.
+    """
+    rearmed = []
+    for run in targets:
+        try:
+            rearmed.append(await runs.rearm(conn, run, now=now))
+        except runs.LiveRunExists:
+            raise RetryRefused(
+                f"run {run.id}: match {run.match_id} already has a live run"
+            ) from None
+        except runs.ConcurrencyError:
+            raise RetryRefused(f"run {run.id} changed while being re-armed; look again") from None
+        except runs.AppendRejected as exc:
+            raise RetryRefused(f"run {run.id}: {clip(exc.cause)}") from None
     return rearmed
 
 
