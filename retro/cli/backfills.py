@@ -32,6 +32,20 @@ IDENT_HELP = (
 )
 
 
+def eta_window_option(help_text: str) -> Callable[[F], F]:
+    """``--eta-window SECONDS`` (``RETRO_ETA_WINDOW``) of ``status`` and ``backfills``:
+    how far back the hand-off rate of an ETA looks (60 s to 7 days)."""
+    return click.option(
+        "--eta-window",
+        type=click.FloatRange(60, 7 * 86400),
+        default=DEFAULT_WINDOW,
+        show_default=True,
+        envvar="RETRO_ETA_WINDOW",
+        show_envvar=True,
+        help=help_text,
+    )
+
+
 def backfill_option(help_text: str, *, required: bool = False) -> Callable[[F], F]:
     """``--backfill ID|LABEL`` (command line only: it chooses what a command touches)."""
     return click.option(
@@ -53,15 +67,7 @@ def backfill_option(help_text: str, *, required: bool = False) -> Callable[[F], 
     show_envvar=True,
     help="Show the newest this many backfills.",
 )
-@click.option(
-    "--eta-window",
-    type=click.FloatRange(60, 7 * 86400),
-    default=DEFAULT_WINDOW,
-    show_default=True,
-    envvar="RETRO_ETA_WINDOW",
-    show_envvar=True,
-    help="Seconds of recent hand-offs each backfill's ETA rate is measured over.",
-)
+@eta_window_option("Seconds of recent hand-offs each backfill's ETA rate is measured over.")
 @json_option
 @connection_options
 def backfills(

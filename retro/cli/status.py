@@ -13,7 +13,7 @@ import click
 from retro import commands
 from retro.app import App, unreachable
 from retro.backfill_commands import status as backfill_status
-from retro.cli.backfills import backfill_option
+from retro.cli.backfills import backfill_option, eta_window_option
 from retro.cli.common import (
     connection_options,
     emit,
@@ -30,7 +30,6 @@ from retro.cli.render import (
 from retro.commands import StatusReport
 from retro.config import Settings
 from retro.errors import EXIT_FAILURE, EXIT_OK
-from retro.progress import DEFAULT_WINDOW
 from retro.report import status_json
 from retro.scheduler import utcnow
 
@@ -52,15 +51,7 @@ from retro.scheduler import utcnow
     type=click.IntRange(1, 1_000_000),
     help="Stop --watch after this many refreshes (default: until Ctrl-C).",
 )
-@click.option(
-    "--eta-window",
-    type=click.FloatRange(60, 7 * 86400),
-    default=DEFAULT_WINDOW,
-    show_default=True,
-    envvar="RETRO_ETA_WINDOW",
-    show_envvar=True,
-    help="Seconds of recent hand-offs the ETA's rate is measured over.",
-)
+@eta_window_option("Seconds of recent hand-offs the ETA's rate is measured over.")
 @backfill_option("Show this backfill alone: its runs, progress and ETA.")
 @connection_options
 def status(
