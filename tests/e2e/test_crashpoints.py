@@ -24,8 +24,12 @@ pytestmark = pytest.mark.e2e
 ARGS = ("run", "--no-scan", "--until-idle", "--max-in-flight", "2", "--tick-interval", "0.2")
 
 
-def daemon(backend: Backend, cwd: Path, crash_at: str | None) -> subprocess.CompletedProcess[str]:
-    env = clean_env(backend.env())  # no RETRO_* of the caller's, RETRO_CRASH_AT included
+def daemon(
+    backend: Backend, cwd: Path, crash_at: str | None, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``retro run --until-idle`` in ``cwd`` on ``backend`` (with ``extra`` variables),
+    killed by itself at ``crash_at`` when given (``RETRO_CRASH_AT``)."""
+    env = clean_env({**backend.env(), **(extra or {})})  # no RETRO_* of the caller's
     if crash_at:
         env["RETRO_CRASH_AT"] = crash_at
     return subprocess.run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from retro.pipeline.workers import run_workers
 from retro.store import outbox
 from retro.store.db import create_engine
 from tests.conftest import Backend
-from tests.e2e.clirunner import clean_env
+from tests.e2e import test_crashpoints as crashpoints
 from tests.webhook import TOKEN, Receiver, make_host
 
 pytestmark = [
@@ -31,23 +30,12 @@ pytestmark = [
     # sender is the same code on SQLite, covered in process (tests/integration/test_notify.py).
     pytest.mark.parametrize("backend", ["postgres-server"], indirect=True),
 ]
-ARGS = ("run", "--no-scan", "--until-idle", "--max-in-flight", "2", "--tick-interval", "0.2")
 
 
 def daemon(
     backend: Backend, cwd: Path, url: str, crash_at: str | None
 ) -> subprocess.CompletedProcess[str]:
-    env = clean_env({**backend.env(), "RETRO_NOTIFY_URL": url})
-    if crash_at:
-        env["RETRO_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "retro", *ARGS],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return crashpoints.daemon(backend, cwd, crash_at, {"RETRO_NOTIFY_URL": url})
 
 
 async def stored(database_url: str) -> list[outbox.Row]:
