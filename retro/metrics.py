@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from retro.config import error_line, mask
 from retro.events import (
+    EVENT_TYPES,
     Event,
     JobFailed,
     Phase,
@@ -125,6 +126,8 @@ class Metrics:
         self.events = Counter(
             "retro_events", "Events appended, by event type.", ["event"], registry=registry
         )
+        for event_type in EVENT_TYPES:  # every series from 0: increase() sees the first one
+            self.events.labels(event=event_type)
         self.scan_duration = Histogram(
             "retro_gap_scan_duration_seconds",
             "Duration of one gap scan, seconds.",

@@ -264,3 +264,13 @@ def test_healthz_names_an_unreachable_database_and_redis() -> None:
     assert body["failed"] == ["database", "redis"], body
     assert body["checks"]["tick"]["ok"] is True
     assert PASSWORD not in json.dumps(body)
+
+
+def test_a_fresh_daemon_exports_every_event_series_at_zero() -> None:
+    """Prometheus' increase() cannot see a series' first value: a RunFailed series
+    that appeared at 1 would hide the first failure after a start from the
+    RetroRunsFailing alert (docs/alerts.yml). Every event type starts at 0."""
+    m = Metrics()
+    for event_type in ("RunSeeded", "RunFailed", "RunCompleted", "JobFailed"):
+        exported = m.registry.get_sample_value("retro_events_total", {"event": event_type})
+        assert exported == 0.0, event_type  # None: no series
