@@ -133,8 +133,9 @@ class HttpServer:
         failure = self._failure
         if started and failure is None:
             log.info(
-                "board on %s, metrics on /metrics, health on /healthz (%s:%d)",
+                "board on %s, %shealth on /healthz (%s:%d)",
                 self.url,
+                "metrics on /metrics, " if site.probes is not None else "",
                 self.host,
                 self.port,
             )

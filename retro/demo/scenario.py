@@ -9,6 +9,7 @@ in 2025.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ from retro.pipeline.host_rows import LeaderboardRow
 from retro.pipeline.workers import run_workers
 from retro.scheduler import Daemon, utcnow
 from retro.store import db, gaps, migrate, runs
+
+log = logging.getLogger("retro")
 
 DEMO_NOW = datetime(2025, 5, 26, 12, 0, tzinfo=UTC)
 """The demo's present: the day after the last matchday of the five leagues."""
@@ -137,7 +140,7 @@ async def run_demo(
                 say(f"Board on {board.url} (read-only).")
             report = await _heal(app, settings, seed, before, say)
             if then is not None:
-                await then(report)
+                await _idle_while(app, settings, then(report))
         finally:
             if board is not None:
                 board.close()
@@ -191,6 +194,34 @@ async def _heal(
         drift=len(audit.drifted),
         leaderboard=leaderboard,
     )
+
+
+IDLE_STOP_SECONDS = 10.0
+"""Seconds the idle daemon and workers of ``retro demo --board`` get to stop."""
+
+
+async def _idle_while(app: App, settings: Settings, waiting: Awaitable[None]) -> None:
+    """Await ``waiting`` (``retro demo --board`` until Ctrl-C) with the demo's daemon
+    and reference workers still up, idle, so the board shows what a healed pipeline
+    looks like: a daemon that ticks, workers on every queue. Both are then stopped
+    within :data:`IDLE_STOP_SECONDS`; a stop past that is logged and left."""
+    stop = asyncio.Event()
+    workers = asyncio.create_task(
+        run_workers(settings.database_url, app.redis_url, prefix=settings.queue_prefix, stop=stop)
+    )
+    daemon = Daemon(app)
+    ticking = asyncio.create_task(daemon.run(scan=False, handle_signals=False))
+    try:
+        await waiting
+    finally:
+        daemon.stop()
+        stop.set()
+        done, late = await asyncio.wait({ticking, workers}, timeout=IDLE_STOP_SECONDS)
+        for task in late:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("demo: stopping the idle daemon or workers: %s", task.exception())
 
 
 async def _scan(engine: host.HostEngine, settings: Settings) -> gaps.Scan:

@@ -105,6 +105,14 @@ def test_demo_board_until_ctrl_c_and_a_board_over_its_database(tmp_path: Path) -
         assert status == 200 and "100 %" in home, home
         assert "demo: the 14-day outage" in home
         assert get(f"{base}metrics")[0] == 200  # the demo's daemon: its metrics
+        # After the heal the demo's daemon goes on ticking (idle) while the board is up,
+        # so its health and tick stay true rather than going stale.
+        ticks = _ticks(base)
+        deadline = time.monotonic() + 15
+        while _ticks(base) <= ticks:
+            assert time.monotonic() < deadline, "the demo's daemon stopped ticking"
+            time.sleep(0.5)
+        assert get(f"{base}healthz")[0] == 200
 
         database = {"RETRO_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'retro-demo.db'}"}
         board = Retro(tmp_path, database, "board", "--port", "0")
@@ -126,3 +134,12 @@ def test_demo_board_until_ctrl_c_and_a_board_over_its_database(tmp_path: Path) -
         stderr = demo.stop(signal.SIGINT)
     assert demo.proc.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def _ticks(base: str) -> float:
+    """``retro_ticks_total`` as the board's ``/metrics`` shows it."""
+    status, text = get(f"{base}metrics")
+    assert status == 200, text
+    found = re.search(r"^retro_ticks_total ([0-9.e+]+)$", text, re.M)
+    assert found, text
+    return float(found.group(1))
