@@ -19,61 +19,18 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from retro import commands
 from retro.app import App
-from retro.backfill import Action, ActionType, Backfill, os_user
+from retro.backfill import Action, ActionType, os_user
 from retro.commands import CancelReport, Refused, StatusReport
 from retro.config import mask
-from retro.errors import UsageError
 from retro.logs import run_fields
+from retro.lookup import resolve_backfill as resolve
 from retro.machine import LIVE, State, clip
 from retro.progress import DEFAULT_WINDOW, BackfillSummary, summaries
 from retro.store import backfills, runs
 
 log = logging.getLogger("retro")
-
-CANDIDATES_SHOWN = 10
-"""Candidates an ambiguous ``ID|LABEL`` error names (the rest are counted)."""
-
-
-class BackfillNotFound(UsageError, LookupError):
-    """No backfill has that id, id prefix or label (exit 2)."""
-
-
-class AmbiguousBackfill(UsageError, LookupError):
-    """Several backfills match an ``ID|LABEL`` (exit 2); the message lists them."""
-
-
-async def resolve(conn: AsyncConnection, ident: str) -> Backfill:
-    """The one backfill ``ident`` names: its exact id, a unique id prefix of at
-    least 6 characters, or a label that names exactly one backfill
-    (:func:`retro.store.backfills.find`).
-
-    Raises:
-        BackfillNotFound: nothing matches.
-        AmbiguousBackfill: several match; the one-line message lists them (id,
-            label, created), newest first, at most :data:`CANDIDATES_SHOWN`.
-    """
-    found = await backfills.find(conn, ident)
-    if not found:
-        raise BackfillNotFound(
-            f"no backfill {ident!r} (give an id, an id prefix of 6 or more characters, "
-            "or a label; `retro backfills` lists them)"
-        )
-    if len(found) > 1:
-        shown = "; ".join(
-            f"{b.id} ({b.label!r}, created {b.created_at:%Y-%m-%d %H:%M} UTC)"
-            for b in found[:CANDIDATES_SHOWN]
-        )
-        more = len(found) - CANDIDATES_SHOWN
-        raise AmbiguousBackfill(
-            f"{ident!r} names {len(found)} backfills: {shown}"
-            + (f"; and {more} more" if more > 0 else "")
-            + "; give the id"
-        )
-    return found[0]
 
 
 @dataclass(frozen=True)

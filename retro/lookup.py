@@ -19,7 +19,8 @@ only as a match id; that is how an ambiguity is settled. Match ids are host text
 and may look like run ids, so nothing is guessed: an ambiguity is never resolved
 by preference. Nothing here writes.
 
-``--backfill`` (:func:`resolve_backfill`) takes a backfill id or a label naming
+``--backfill`` (:func:`resolve_backfill`, for every command that takes one) takes
+a backfill id, a unique id prefix of 6 or more characters, or a label naming
 exactly one backfill. ``--since`` (:func:`parse_since`) takes an ISO-8601 instant or
 date, or a duration back from now.
 """
@@ -38,7 +39,7 @@ from retro.backfill import Backfill
 from retro.errors import UsageError
 from retro.machine import LIVE, TERMINAL, Run, State
 from retro.store import backfills, runs
-from retro.store.listing import Listed, backfills_labelled, find_runs, runs_with_prefix
+from retro.store.listing import Listed, find_runs, runs_with_prefix
 from retro.text import escape
 
 if TYPE_CHECKING:
@@ -136,29 +137,46 @@ def parse_states(values: Iterable[str]) -> tuple[State, ...] | None:
 # --- backfills ----------------------------------------------------------------
 
 
-async def resolve_backfill(conn: AsyncConnection, text: str) -> Backfill:
-    """The backfill ``text`` names: its exact id, else the one backfill labelled
-    ``text``.
+CANDIDATES_SHOWN = 10
+"""Candidates an ambiguous ``ID|LABEL`` error names (the rest are counted)."""
+
+
+class BackfillNotFound(Unresolved):
+    """No backfill has that id, id prefix or label (exit 2)."""
+
+
+class AmbiguousBackfill(Unresolved):
+    """Several backfills match an ``ID|LABEL`` (exit 2); the message lists them."""
+
+
+async def resolve_backfill(conn: AsyncConnection, ident: str) -> Backfill:
+    """The one backfill ``ident`` names: its exact id, a unique id prefix of at
+    least 6 characters, or a label that names exactly one backfill
+    (:func:`retro.store.backfills.find`).
 
     Raises:
-        Unresolved: no backfill has that id or label, or several have that label
-            (the message lists them: id, created, by whom).
+        BackfillNotFound: nothing matches.
+        AmbiguousBackfill: several match; the one-line message lists them (id,
+            label, created), newest first, at most :data:`CANDIDATES_SHOWN`.
     """
-    found = await backfills.get(conn, text)
-    if found is not None:
-        return found
-    labelled = await backfills_labelled(conn, text, limit=CANDIDATES + 1)
-    if len(labelled) == 1:
-        return labelled[0]
-    if not labelled:
-        raise Unresolved(f"no backfill has the id or label {text!r} (retro backfills lists them)")
-    shown = ", ".join(
-        f"{b.id} (created {_when(b.created_at)} by {b.created_by})" for b in labelled[:CANDIDATES]
-    )
-    more = " and more" if len(labelled) > CANDIDATES else ""
-    raise Unresolved(
-        f"the label {text!r} names several backfills: {shown}{more}; give a backfill id"
-    )
+    found = await backfills.find(conn, ident)
+    if not found:
+        raise BackfillNotFound(
+            f"no backfill {ident!r} (give an id, an id prefix of 6 or more characters, "
+            "or a label; `retro backfills` lists them)"
+        )
+    if len(found) > 1:
+        shown = "; ".join(
+            f"{b.id} ({b.label!r}, created {b.created_at:%Y-%m-%d %H:%M} UTC)"
+            for b in found[:CANDIDATES_SHOWN]
+        )
+        more = len(found) - CANDIDATES_SHOWN
+        raise AmbiguousBackfill(
+            f"{ident!r} names {len(found)} backfills: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+            + "; give the id"
+        )
+    return found[0]
 
 
 # --- retro runs ------------------------------------------------------------------
@@ -198,7 +216,8 @@ async def list_runs(app: App, filters: RunFilter) -> RunList:
     ``filters.limit`` of them, with how many pass the filters in all.
 
     Raises:
-        Unresolved: ``filters.backfill`` names no backfill, or several.
+        BackfillNotFound, AmbiguousBackfill: ``filters.backfill`` names no
+            backfill, or several.
     """
     async with app.engine.connect() as conn:
         backfill = None

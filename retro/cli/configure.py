@@ -53,7 +53,7 @@ def config_command(as_json: bool, database_url: str | None, redis_url: str | Non
 
 @click.group()
 def db() -> None:
-    """retro's own tables (backfill_runs, backfill_events)."""
+    """retro's own tables (backfill_runs, backfill_events, backfills, backfill_actions, outbox)."""
 
 
 @db.command("upgrade")

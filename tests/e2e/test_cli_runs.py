@@ -229,7 +229,12 @@ def test_runs_lists_newest_first_with_filters(
     bad("--state", "bogus", words=("--state", "'bogus'", "live"))
     bad("--limit", "0", words=("--limit",))
     one_error_line(
-        invoke_retro("runs", "--backfill", "scan", cwd=tmp_path, env=env), "scan", B2, B3, "several"
+        invoke_retro("runs", "--backfill", "scan", cwd=tmp_path, env=env),
+        "scan",
+        B2,
+        B3,
+        "names 2 backfills",
+        "give the id",
     )
     one_error_line(invoke_retro("runs", "--backfill", "INC-9", cwd=tmp_path, env=env), "INC-9")
     one_error_line(
