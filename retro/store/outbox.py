@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -242,7 +242,11 @@ async def claim(
                 outbox.c.id, outbox.c.kind, outbox.c.payload, outbox.c.attempts, outbox.c.created_at
             )
             .where(due)
-            .order_by(outbox.c.created_at, outbox.c.id)
+            # Oldest first; of one append's notifications, a run's failure before the
+            # finish of the backfill it ended (a receiver reads them in that order).
+            .order_by(
+                outbox.c.created_at, case((outbox.c.kind == "run.failed", 0), else_=1), outbox.c.id
+            )
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

@@ -323,3 +323,18 @@ async def test_rival_senders_claim_disjoint_rows(backend: Backend) -> None:
             later = await outbox.claim(conn, now=now, limit=10, lease=60, horizon=86400)
     assert first == ["k0", "k1"] and second == ["k2", "k3"]
     assert later == []  # every row is leased for 60 s
+
+
+async def test_a_failure_goes_out_before_the_finish_it_caused(backend: Backend) -> None:
+    """One append can record a run's failure and its backfill's finish at one
+    instant: the sender claims the failure first, whatever the keys sort as."""
+    await make_host(backend.database_url, good=(), doomed=False)
+    async with App(settings_for(backend), redis=False) as app:
+        now = datetime.now(UTC)
+        async with app.engine.begin() as conn:
+            finished = Notification("backfill-finished:b:0", "backfill.finished", {})
+            failed = Notification("run-failed:r:9", "run.failed", {})
+            for note in (finished, failed):  # recorded in the opposite order
+                assert await outbox.record(conn, note, at=now)
+            claimed = await outbox.claim(conn, now=now, limit=10, lease=60, horizon=86400)
+    assert [c.key for c in claimed] == ["run-failed:r:9", "backfill-finished:b:0"]
