@@ -39,6 +39,7 @@ from retro.backfill import SCAN_LABEL
 from retro.config import error_line
 from retro.errors import UsageError
 from retro.notify import DRAIN, Sender
+from retro.text import escape
 from retro.tick import TickReport, unreachable
 
 log = logging.getLogger("retro.daemon")
@@ -46,6 +47,10 @@ log = logging.getLogger("retro.daemon")
 BACKOFF_SLACK = 0.01
 """Seconds the daemon waits past a back-off's end before its tick (stored instants
 and the wall clock can differ by rounding)."""
+
+
+SKIPPED_SHOWN = 20
+"""Unreadable match rows a periodic scan names in the log (the rest are counted)."""
 
 
 class DaemonLocked(UsageError, RuntimeError):
@@ -173,6 +178,14 @@ class Daemon:
         report = await commands.start(
             self.app, days=self.scan_days, now=self.clock(), label=SCAN_LABEL
         )
+        skipped = report.scan.skipped
+        for row in skipped[:SKIPPED_SHOWN]:  # reported every scan, as `retro start` does
+            log.warning("scan skipped match %s: %s", escape(row.match_id), escape(row.reason))
+        if len(skipped) > SKIPPED_SHOWN:
+            log.warning(
+                "scan skipped %d more unreadable match rows (retro start --dry-run lists them)",
+                len(skipped) - SKIPPED_SHOWN,
+            )
         if report.seeded:
             log.info("scan seeded %d run(s)", len(report.seeded))
             self.wake()

@@ -7,6 +7,7 @@ Core, in the host's own text forms (``kickoff_time`` as mixed ISO-8601 text).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -14,7 +15,10 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from retro.app import App
+from retro.config import Settings
 from retro.events import RunCancelled, RunFailed, RunSeeded
+from retro.scheduler import Daemon
 from retro.store import db, migrate, runs
 from retro.store.facts import match_facts
 from retro.store.gaps import Gap, GapKind, Scan, parse_kickoff, scan
@@ -227,6 +231,26 @@ async def test_null_and_non_iso_kickoffs_are_reported_too(engine: AsyncEngine) -
     assert [g.match_id for g in result.gaps] == ["ok"]
     assert sorted(s.match_id for s in result.skipped) == ["local", "null", "tbd"]
     assert all("unparseable kickoff_time" in s.reason for s in result.skipped)
+
+
+async def test_the_daemons_scan_reports_unreadable_rows_in_its_log(
+    engine: AsyncEngine, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every periodic scan names the rows it cannot read, as ``retro start`` does,
+    escaped (host text never forges a log line)."""
+    await add_match(engine, "tbd\nFAKE LINE", "TBD", analysis=False)
+    await add_match(engine, "ok", iso(NOW - timedelta(hours=3)), analysis=False)
+    settings = Settings(
+        database_url=backend.database_url,
+        redis_url=backend.redis_url,
+        queue_prefix=backend.prefix,
+    )
+    async with App(settings, redis=False) as app:
+        with caplog.at_level(logging.WARNING, logger="retro"):
+            await Daemon(app, clock=lambda: NOW, scan_days=DAYS).scan()
+    said = [r.getMessage() for r in caplog.records if "scan skipped" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "unparseable kickoff_time 'TBD'" in said[0] and "\n" not in said[0], said
 
 
 async def test_gaps_are_listed_by_instant_not_by_text(engine: AsyncEngine) -> None:
