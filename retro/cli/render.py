@@ -369,7 +369,7 @@ def render_history(found: History) -> None:
             "+since prev",
             "event",
             "data",
-            tokens={"data"},  # job_id=…, match_id=…: words that carry ids
+            tokens={"event", "data"},  # words stay whole; data carries ids
             title=shown(
                 f"Run {run.id} (match {run.match_id}): {run.state}, "
                 f"{plural(len(events), 'event')} over {_secs(total)}"
