@@ -245,3 +245,14 @@ async def two_scans(backend: Backend) -> list[str]:
         second = await commands.start(app, days=14, now=now, label=SCAN_LABEL)
     assert first.backfill is not None and second.backfill is not None
     return [first.backfill.id, second.backfill.id]
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_a_label_holding_rich_markup_is_shown_as_typed_by_start(cli: Cli) -> None:
+    """``retro start --label`` echoes the label as typed: Rich markup in it is text,
+    never styling, and a stray closing tag does not crash the command after it
+    seeded (it did: a ``MarkupError`` traceback, exit 1)."""
+    label = "[/bold] [red]INC-9[/red]"
+    result = ok(cli("start", "--days", "14", "--label", label))
+    assert f"({label})" in result.stdout, result
+    assert f"({label})" in ok(cli("status", "--backfill", label)).stdout
