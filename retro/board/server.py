@@ -133,8 +133,9 @@ class HttpServer:
         failure = self._failure
         if started and failure is None:
             log.info(
-                "board on %s, metrics on /metrics, health on /healthz (%s:%d)",
+                "board on %s, %shealth on /healthz (%s:%d)",
                 self.url,
+                "" if site.probes is None else "metrics on /metrics, ",  # retro board: none
                 self.host,
                 self.port,
             )

@@ -6,6 +6,7 @@ text, security headers, and a Redis that does not answer shown, not raised."""
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -194,3 +195,24 @@ def test_a_board_that_cannot_open_its_database_does_not_start(tmp_path: Path) ->
     server.close()
     again = HttpServer("127.0.0.1", port)  # released: the port binds again
     again.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_retro_board_announces_only_the_routes_it_serves(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``retro board`` (no daemon: no ``/metrics``) does not log that it serves
+    ``/metrics``; it said so, and the route answered 404."""
+    from tests.e2e.hostdata import seed_host, upgrade_retro
+
+    seed_host(backend.database_url)
+    upgrade_retro(backend.database_url)
+    caplog.set_level(logging.INFO, logger="retro")
+    server = HttpServer("127.0.0.1", 0)
+    try:
+        server.start(Site(settings_for(backend)))
+        assert httpx.get(f"{server.url}metrics", timeout=10).status_code == 404
+    finally:
+        server.close()
+    (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("board on")]
+    assert "/metrics" not in said and "/healthz" in said, said
