@@ -19,9 +19,9 @@ only as a match id; that is how an ambiguity is settled. Match ids are host text
 and may look like run ids, so nothing is guessed: an ambiguity is never resolved
 by preference. Nothing here writes.
 
-``--backfill`` (:func:`resolve_backfill`) takes a backfill id or a label naming
-exactly one backfill. ``--since`` (:func:`parse_since`) takes an ISO-8601 instant or
-date, or a duration back from now.
+``--backfill`` (:func:`resolve_backfill`) takes a backfill id, an id prefix of 6
+or more characters, or a label, naming exactly one backfill. ``--since``
+(:func:`parse_since`) takes an ISO-8601 instant or date, or a duration back from now.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from retro.backfill import Backfill
 from retro.errors import UsageError
 from retro.machine import LIVE, TERMINAL, Run, State
 from retro.store import backfills, runs
-from retro.store.listing import Listed, backfills_labelled, find_runs, runs_with_prefix
+from retro.store.listing import Listed, find_runs, runs_with_prefix
 from retro.text import escape
 
 if TYPE_CHECKING:
@@ -137,28 +137,28 @@ def parse_states(values: Iterable[str]) -> tuple[State, ...] | None:
 
 
 async def resolve_backfill(conn: AsyncConnection, text: str) -> Backfill:
-    """The backfill ``text`` names: its exact id, else the one backfill labelled
-    ``text``.
+    """The backfill ``text`` names, as every ``--backfill`` reads it
+    (:func:`retro.store.backfills.find`): its exact id, else the one backfill whose
+    id starts with ``text`` (6 characters or more) or that is labelled ``text``.
 
     Raises:
-        Unresolved: no backfill has that id or label, or several have that label
-            (the message lists them: id, created, by whom).
+        Unresolved: no backfill matches, or several do (the message lists them: id,
+            label, created, by whom).
     """
-    found = await backfills.get(conn, text)
-    if found is not None:
-        return found
-    labelled = await backfills_labelled(conn, text, limit=CANDIDATES + 1)
-    if len(labelled) == 1:
-        return labelled[0]
-    if not labelled:
-        raise Unresolved(f"no backfill has the id or label {text!r} (retro backfills lists them)")
+    found = await backfills.find(conn, text)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise Unresolved(
+            f"no backfill has the id, id prefix (6 or more characters) or label {text!r} "
+            "(retro backfills lists them)"
+        )
     shown = ", ".join(
-        f"{b.id} (created {_when(b.created_at)} by {b.created_by})" for b in labelled[:CANDIDATES]
+        f"{b.id} ({escape(b.label)!r}, created {_when(b.created_at)} by {b.created_by})"
+        for b in found[:CANDIDATES]
     )
-    more = " and more" if len(labelled) > CANDIDATES else ""
-    raise Unresolved(
-        f"the label {text!r} names several backfills: {shown}{more}; give a backfill id"
-    )
+    more = f" and {len(found) - CANDIDATES} more" if len(found) > CANDIDATES else ""
+    raise Unresolved(f"{text!r} names several backfills: {shown}{more}; give a backfill id")
 
 
 # --- retro runs ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Finding runs and backfills by what an operator typed: the query behind
-``retro runs`` (filters in SQL, newest first), runs by run-id prefix, and
-backfills by label (:mod:`retro.lookup` decides what the matches mean).
+``retro runs`` (filters in SQL, newest first) and runs by run-id prefix
+(:mod:`retro.lookup` decides what the matches mean; backfills are found by
+:func:`retro.store.backfills.find`).
 
 Newest first is ``created_at DESC, id DESC``, served by the index
 ``ix_backfill_runs_created_at`` (``created_at``, ``id``), read backwards: a page of
@@ -17,9 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from retro.backfill import Backfill
 from retro.machine import Run, State
-from retro.store.backfills import backfill_from_row
 from retro.store.runs import run_from_row
 from retro.store.schema import backfill_runs, backfills, matches
 
@@ -125,14 +124,3 @@ async def runs_with_prefix(
         return found, len(found)
     total = await conn.scalar(select(func.count()).select_from(backfill_runs).where(*condition))
     return found, int(total or 0)
-
-
-async def backfills_labelled(conn: AsyncConnection, label: str, *, limit: int) -> list[Backfill]:
-    """Up to ``limit`` backfills labelled exactly ``label``, newest first."""
-    rows = await conn.execute(
-        select(backfills)
-        .where(backfills.c.label == label)
-        .order_by(backfills.c.created_at.desc(), backfills.c.id.desc())
-        .limit(limit)
-    )
-    return [backfill_from_row(row) for row in rows.mappings()]

@@ -300,3 +300,15 @@ def test_every_new_json_document_has_the_keys_docs_json_md_names(cli: Cli) -> No
         assert set(document) == documented_keys(document["schema"]), document["schema"]
     (backfill,) = documents[1]["backfills"]
     assert set(backfill) == documented_keys("A backfill object")
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_runs_names_a_backfill_as_every_other_backfill_option_does(cli: Cli) -> None:
+    """``retro runs --backfill`` takes what ``status --backfill`` takes: an id
+    prefix of 6 or more characters too (it refused one: exit 2)."""
+    seeded = started(cli, "--days", "14", "--label", "INC-5")
+    prefix = seeded["backfill"]["id"][:8]
+    listed = as_json(cli("runs", "--backfill", prefix, "--json"), "retro.runs/1")
+    assert listed["filters"]["backfill"] == seeded["backfill"]
+    assert sorted(r["run_id"] for r in listed["runs"]) == sorted(seeded["seeded"])
+    one_error_line(cli("runs", "--backfill", prefix[:5]), "no backfill")  # too short
