@@ -5,12 +5,13 @@ text, security headers, and a Redis that does not answer shown, not raised."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -216,3 +217,35 @@ def test_retro_board_announces_only_the_routes_it_serves(
         server.close()
     (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("board on")]
     assert "/metrics" not in said and "/healthz" in said, said
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+async def test_the_backfills_page_shows_the_newest_and_counts_the_rest(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every periodic scan that seeds runs is a backfill: a month of them is
+    thousands. The page (polled every 2 s) lists the newest
+    :data:`retro.board.queries.BACKFILLS_SHOWN` and says how many older ones it
+    leaves out (it listed every backfill ever, megabytes every 2 s)."""
+    from retro.backfill import Backfill
+    from retro.board import queries
+    from retro.store import backfills
+    from tests.e2e.hostdata import seed_host, upgrade_retro
+
+    monkeypatch.setattr(queries, "BACKFILLS_SHOWN", 3)
+    await asyncio.to_thread(seed_host, backend.database_url)  # each runs its own loop
+    await asyncio.to_thread(upgrade_retro, backend.database_url)
+    settings = settings_for(backend)
+    now = datetime.now(UTC)
+    async with App(settings, redis=False) as app, app.engine.begin() as conn:
+        for n in range(5):
+            created = now - timedelta(minutes=15 * n)
+            await backfills.create(
+                conn, Backfill(f"bf{n:010d}", "scan", created, created, created, "retro")
+            )
+    async with client(Site(settings)) as http:
+        page = await http.get("/")
+    assert page.status_code == 200
+    shown = re.findall(r'data-backfill="(bf\d+)"', page.text)
+    assert shown == ["bf0000000000", "bf0000000001", "bf0000000002"]
+    assert "2 older backfills not shown" in text_of(page.text)
