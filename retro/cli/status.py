@@ -15,6 +15,7 @@ from retro.app import App, unreachable
 from retro.backfill_commands import status as backfill_status
 from retro.cli.backfills import backfill_option
 from retro.cli.common import (
+    FiniteRange,
     connection_options,
     emit,
     execute,
@@ -44,7 +45,7 @@ from retro.scheduler import utcnow
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(0.1, 3600),
+    type=FiniteRange(0.1, 3600),
     help="Seconds between refreshes of --watch (default 2).",
 )
 @click.option(
@@ -54,7 +55,7 @@ from retro.scheduler import utcnow
 )
 @click.option(
     "--eta-window",
-    type=click.FloatRange(60, 7 * 86400),
+    type=FiniteRange(60, 7 * 86400),
     default=DEFAULT_WINDOW,
     show_default=True,
     envvar="RETRO_ETA_WINDOW",

@@ -37,6 +37,9 @@ NO_DATABASE_CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ),
     ("unknown-command", ["frobnicate"], {}, ["frobnicate"]),
     ("max-in-flight-zero", ["run", "--max-in-flight", "0"], {}, ["--max-in-flight", "0"]),
+    # NaN compares false with both bounds of a range: it passed click.FloatRange
+    ("eta-window-nan", ["backfills", "--eta-window", "nan"], {}, ["--eta-window", "nan"]),
+    ("interval-nan", ["status", "--watch", "--interval", "nan"], {}, ["--interval", "nan"]),
     (
         "unknown-database-scheme",
         ["start", "--days", "3", "--database-url", f"mysql://u:{PASSWORD}@127.0.0.1:1/x"],
