@@ -249,3 +249,25 @@ async def test_the_backfills_page_shows_the_newest_and_counts_the_rest(
     shown = re.findall(r'data-backfill="(bf\d+)"', page.text)
     assert shown == ["bf0000000000", "bf0000000001", "bf0000000002"]
     assert "2 older backfills not shown" in text_of(page.text)
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+async def test_a_backfill_page_says_when_it_lists_only_some_of_the_runs(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill with more runs than :data:`retro.board.queries.RUNS_SHOWN`: the
+    runs table says it lists that many of them all (it said "500 runs", as if those
+    were all there are)."""
+    from retro.board import queries
+
+    monkeypatch.setattr(queries, "RUNS_SHOWN", 2)
+    prepared = await prepare(settings_for(backend))
+    total = len(prepared.runs)
+    assert total > 2
+    async with client(Site(prepared.settings)) as http:
+        every = text_of((await http.get(f"/backfills/{prepared.backfill_id}")).text)
+        pending = text_of((await http.get(f"/backfills/{prepared.backfill_id}?state=pending")).text)
+        failed = text_of((await http.get(f"/backfills/{prepared.backfill_id}?state=failed")).text)
+    assert f"2 of {total} runs, most recently updated first" in every, every
+    assert f"2 of {total} runs pending, most recently updated first" in pending, pending
+    assert "No run failed" in failed
