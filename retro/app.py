@@ -195,9 +195,14 @@ class App:
     # --- reads --------------------------------------------------------------
 
     async def idle(self) -> bool:
-        """True when every run is terminal, or given up by this process (RUN_FAILURE_LIMIT)."""
+        """True when every run is terminal, given up by this process
+        (RUN_FAILURE_LIMIT), or of a paused backfill and moved only by a resume
+        (:func:`retro.store.runs.idle`; :attr:`retro.tick.Ticker.held`)."""
+        ignore: set[str] = set()
+        if self.ticker is not None:
+            ignore = set(self.ticker.given_up) | self.ticker.held
         async with self.engine.connect() as conn:
-            return await runs.idle(conn, ignore=self.ticker.given_up if self.ticker else {})
+            return await runs.idle(conn, ignore=ignore)
 
     def describe(self) -> dict[str, Any]:
         """Masked connection facts for output (``notify``: the webhook's scheme, host

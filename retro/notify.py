@@ -250,17 +250,23 @@ class Sender:
 
     async def _post(self, row: outbox.Claimed) -> str | None:
         """POST ``row``; ``None`` when the receiver accepted it (2xx), else the
-        failure on one masked line (``HTTP 500``, ``ReadTimeout: …``)."""
+        failure on one masked line (``HTTP 500``, ``ReadTimeout: …``).
+
+        The whole POST gets :data:`TIMEOUT` seconds: httpx's timeout bounds each
+        read, so a receiver trickling its answer would otherwise hold it for ever."""
         try:
-            response = await self.client.post(
-                self.url,
-                content=row.payload.encode(),
-                headers={
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": row.key,
-                    "User-Agent": f"retro/{__version__}",
-                },
-            )
+            async with asyncio.timeout(TIMEOUT):
+                response = await self.client.post(
+                    self.url,
+                    content=row.payload.encode(),
+                    headers={
+                        "Content-Type": "application/json",
+                        "Idempotency-Key": row.key,
+                        "User-Agent": f"retro/{__version__}",
+                    },
+                )
+        except TimeoutError:
+            return f"timed out after {TIMEOUT:g} s: the answer did not end in time"
         except httpx.HTTPError as exc:
             detail = " ".join(str(exc).split())[:200]
             return redact(

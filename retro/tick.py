@@ -43,6 +43,7 @@ from retro.machine import (
     Waiting,
     clip,
     has_external_id,
+    held_by_pause,
     is_stale,
     plan,
     why_waiting,
@@ -138,6 +139,11 @@ class Ticker:
         an append found paused since): their runs start no job."""
         self._paused_said: dict[str, int] = {}
         """Paused backfill id -> its live runs, as last logged: one line per change."""
+        self.held: set[str] = set()
+        """Runs of a paused backfill that hold a slot but, as last looked at, move
+        only by starting a job (:func:`retro.machine.held_by_pause`): a lost job, or
+        a retry due after a timeout. Only a resume moves them, so they do not keep
+        ``--until-idle`` from ending (:meth:`retro.app.App.idle`)."""
 
     def _recorded(self) -> int:
         return 0 if self.recorder is None else self.recorder.recorded
@@ -168,6 +174,9 @@ class Ticker:
                 conn, now=now, max_in_flight=self.settings.max_in_flight, policy=self.policy
             )
         self.paused = frozenset(paused)
+        # A held run holds a slot: one that no longer does was moved by a rival or an
+        # operator, and is judged afresh when it is looked at.
+        self.held &= set(due.in_flight)
         self._say_paused(paused)
         starting = due.resuming + due.pending  # each takes a free slot first
         work = [(r, False) for r in due.in_flight] + [(r, True) for r in starting]
@@ -308,6 +317,7 @@ class Ticker:
         ``starting`` says it came from the starters (for ``report.started``).
         """
         mark = self._recorded()
+        self.held.discard(run_id)
         try:
             async with self.engine.begin() as conn:
                 run = await runs.get(conn, run_id, lock=True)  # lock
@@ -321,6 +331,8 @@ class Ticker:
                 planned = plan(run, facts, now=now, policy=self.policy)  # plan
                 report.again = report.again or planned.again
                 if not planned.events:
+                    if held_by_pause(run, facts, now=now, policy=self.policy):
+                        self.held.add(run.id)  # only a resume moves it
                     job = facts.job
                     if job is not None and match is not None and is_stale(run, job):
                         if facts.backfill_paused:

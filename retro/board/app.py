@@ -216,7 +216,8 @@ def create_app(board: Board, *, clock: Callable[[], datetime] | None = None) -> 
         return render(request, "not_found", 404, message=message)
 
     async def backfills(request: Request) -> Response:
-        return render(request, "backfills", summaries=await reader.backfills(now=now()))
+        page = await reader.backfills(now=now())
+        return render(request, "backfills", summaries=page.summaries, older=page.older)
 
     async def backfill(request: Request) -> Response:
         backfill_id = request.path_params["backfill_id"]

@@ -31,6 +31,7 @@ from retro.machine import JobMeaning, Run, State, Waiting
 from retro.progress import BackfillSummary, summaries
 from retro.queue import JobOptions, Queues, is_unreachable, queue_names
 from retro.report import history_json
+from retro.store import backfills as backfill_rows
 from retro.store.facts import match_facts
 from retro.store.runs import run_from_row
 from retro.store.schema import backfill_events, backfill_runs, matches
@@ -40,10 +41,27 @@ REDIS_SECONDS = 3.0
 """Seconds a page's Redis reads may take together before Redis is shown unreachable."""
 CHART_MINUTES = 60
 """Minutes of hand-offs the backfill page charts, one bar a minute."""
+BACKFILLS_SHOWN = 100
+"""Most backfills the backfills page lists (newest first; every periodic scan that
+seeds runs is one, thousands a month); it counts the older ones."""
 RUNS_SHOWN = 500
 """Most runs one backfill page lists (newest first); the tally counts them all."""
 FAILURES_SHOWN = 50
 """Most failed runs (with reasons) one backfill page lists."""
+
+
+@dataclass(frozen=True)
+class BackfillsPage:
+    """The backfills page: the :data:`BACKFILLS_SHOWN` newest ``summaries``, newest
+    first, out of ``total`` stored."""
+
+    summaries: list[BackfillSummary]
+    total: int
+
+    @property
+    def older(self) -> int:
+        """Backfills stored but not listed."""
+        return self.total - len(self.summaries)
 
 
 @dataclass(frozen=True)
@@ -164,10 +182,11 @@ class Reader:
 
     # --- pages ------------------------------------------------------------------
 
-    async def backfills(self, *, now: datetime) -> list[BackfillSummary]:
-        """Every backfill, newest first."""
+    async def backfills(self, *, now: datetime) -> BackfillsPage:
+        """The :data:`BACKFILLS_SHOWN` newest backfills, and how many are stored."""
         async with self.app.engine.connect() as conn:
-            return await summaries(conn, now=now)
+            found = await summaries(conn, now=now, limit=BACKFILLS_SHOWN)
+            return BackfillsPage(found, await backfill_rows.count(conn))
 
     async def backfill(
         self, backfill_id: str, *, state: State | None, now: datetime

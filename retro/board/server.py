@@ -135,7 +135,7 @@ class HttpServer:
             log.info(
                 "board on %s, %shealth on /healthz (%s:%d)",
                 self.url,
-                "metrics on /metrics, " if site.probes is not None else "",
+                "" if site.probes is None else "metrics on /metrics, ",  # retro board: none
                 self.host,
                 self.port,
             )

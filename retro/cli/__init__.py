@@ -11,6 +11,8 @@ is read from the command line only (docs/config.md).
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from retro.cli.backfills import backfills, pause, resume
@@ -21,6 +23,7 @@ from retro.cli.operator import cancel, history, retry, start, verify
 from retro.cli.runs import runs
 from retro.cli.status import status
 from retro.errors import EXIT_OK
+from retro.text import escape
 
 __all__ = ["COMMAND_LINE_ONLY", "cli", "main", "option_envvars"]
 
@@ -53,7 +56,14 @@ for command in (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: usage errors become one line and exit code 2."""
+    """Console entry point: usage errors become one line and exit code 2. An
+    argument that is not UTF-8 (Python keeps its bytes as lone surrogates) is one
+    at once: no database or file could take it."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            fail(f"the argument '{escape(arg)}' is not valid UTF-8")
     try:
         cli.main(args=argv, prog_name="retro", standalone_mode=False)
     except click.UsageError as exc:

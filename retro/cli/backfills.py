@@ -16,7 +16,14 @@ from retro import backfill_commands
 from retro.app import App
 from retro.backfill_commands import Steered
 from retro.cli.backfill_render import render_backfills, steered_lines
-from retro.cli.common import connection_options, emit, json_option, open_settings, with_app
+from retro.cli.common import (
+    FiniteRange,
+    connection_options,
+    emit,
+    json_option,
+    open_settings,
+    with_app,
+)
 from retro.cli.render import out
 from retro.progress import DEFAULT_WINDOW
 from retro.report import backfills_json, steered_json
@@ -37,7 +44,7 @@ def eta_window_option(help_text: str) -> Callable[[F], F]:
     how far back the hand-off rate of an ETA looks (60 s to 7 days)."""
     return click.option(
         "--eta-window",
-        type=click.FloatRange(60, 7 * 86400),
+        type=FiniteRange(60, 7 * 86400),
         default=DEFAULT_WINDOW,
         show_default=True,
         envvar="RETRO_ETA_WINDOW",

@@ -25,6 +25,18 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class FiniteRange(click.FloatRange):
+    """A ``click.FloatRange`` that refuses NaN too: NaN compares false with both
+    bounds, so the plain range let ``nan`` through to a crash (exit 1)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """``value`` as a float within the range, or a usage error (exit 2)."""
+        number = super().convert(value, param, ctx)
+        if number != number:  # NaN
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``retro: error: message`` (masked, one line, other control characters
     escaped) to stderr and exit with ``code``."""

@@ -12,6 +12,7 @@ from retro.app import App
 from retro.board.app import Site
 from retro.board.server import DEFAULT_PORT, HttpServer, until_signalled
 from retro.cli.common import (
+    FiniteRange,
     connection_options,
     execute,
     log_format_option,
@@ -51,7 +52,7 @@ from retro.store.db import require_sqlite_file
 )
 @click.option(
     "--tick-interval",
-    type=click.FloatRange(0.001, 3600),
+    type=FiniteRange(0.001, 3600),
     envvar="RETRO_TICK_INTERVAL",
     show_envvar=True,
     help="Seconds between safety-net ticks.",
@@ -164,13 +165,13 @@ def run(
 )
 @click.option(
     "--fail-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteRange(0, 1),
     default=0.0,
     help="Fail this share of jobs with 'injected failure' (chaos tests; 0 = never).",
 )
 @click.option(
     "--lock-duration",
-    type=click.FloatRange(1, 3600),
+    type=FiniteRange(1, 3600),
     default=30.0,
     envvar="RETRO_WORKER_LOCK_DURATION",
     show_envvar=True,

@@ -113,14 +113,17 @@ def render_start(report: SeedReport) -> None:
     if report.dry_run:
         out.print(f"Dry run: would seed {plural(len(scan.gaps), 'run')}; nothing written.")
     elif report.seeded:
-        named = (
-            ""
-            if report.backfill is None
-            else (f" as backfill {report.backfill.id} ({shown(report.backfill.label)})")
-        )
+        named = Text("")
+        if report.backfill is not None:  # the label is text as typed, never markup
+            named = Text.assemble(
+                f" as backfill {report.backfill.id} (", shown(report.backfill.label), ")"
+            )
         out.print(
-            f"Seeded {plural(len(report.seeded), 'run')}{named}. `retro run` heals them; "
-            "`retro status` shows progress."
+            Text.assemble(
+                f"Seeded {plural(len(report.seeded), 'run')}",
+                named,
+                ". `retro run` heals them; `retro status` shows progress.",
+            )
         )
     if not scan.gaps:
         complete = plural(scan.complete, "match in the window is", "matches in the window are")

@@ -139,7 +139,10 @@ def runs_json(found: RunList, *, now: datetime) -> dict[str, Any]:
     help=f"Only runs in this state: pending, analyzing, predicting, settling, done, failed, "
     f"cancelled, or {LIVE_WORD} (the first four). Repeat it or separate states by commas.",
 )
-@click.option("--backfill", help="Only runs of this backfill: its id, or a label naming one.")
+@click.option(
+    "--backfill",
+    help="Only runs of this backfill: its id, an id prefix (6 or more characters) or its label.",
+)
 @click.option("--match", "match_id", help="Only runs of this match id (exact).")
 @click.option(
     "--since",

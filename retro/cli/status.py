@@ -15,6 +15,7 @@ from retro.app import App, unreachable
 from retro.backfill_commands import status as backfill_status
 from retro.cli.backfills import backfill_option, eta_window_option
 from retro.cli.common import (
+    FiniteRange,
     connection_options,
     emit,
     execute,
@@ -43,7 +44,7 @@ from retro.scheduler import utcnow
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(0.1, 3600),
+    type=FiniteRange(0.1, 3600),
     help="Seconds between refreshes of --watch (default 2).",
 )
 @click.option(

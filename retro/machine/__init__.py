@@ -49,7 +49,7 @@ from retro.machine.jobs import (
     why_waiting,
 )
 from retro.machine.plans import MAX_STEPS_PER_RUN, Plan, plan
-from retro.machine.rules import backoff_over, decide, is_stale, running_for
+from retro.machine.rules import backoff_over, decide, held_by_pause, is_stale, running_for
 from retro.machine.states import (
     ANY_STEP,
     CALLED_OFF_STATUSES,
@@ -106,6 +106,7 @@ __all__ = [
     "decide",
     "evolve",
     "has_external_id",
+    "held_by_pause",
     "is_stale",
     "legal_steps",
     "legal_triggers",

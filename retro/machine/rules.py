@@ -87,6 +87,17 @@ def decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | 
     return event
 
 
+def held_by_pause(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> bool:
+    """True when ``run`` waits only because its backfill is paused
+    (``facts.backfill_paused``): were it not paused, :func:`decide` would start a
+    job (a ``…Requested`` or a ``JobReenqueued``). Such a run moves again only on a
+    resume, even one that holds a ``max_in_flight`` slot (its job lost from BullMQ,
+    or its back-off after a timeout over). Pure."""
+    if not facts.backfill_paused:
+        return False
+    return isinstance(_decide(run, facts, now=now, policy=policy), Requested | JobReenqueued)
+
+
 def _decide(run: Run, facts: Facts, *, now: datetime, policy: Policy) -> Event | None:
     """:func:`decide` as if the run's backfill were not paused."""
     if run.state in TERMINAL:

@@ -1,6 +1,7 @@
 """Finding runs and backfills by what an operator typed: the query behind
-``retro runs`` (filters in SQL, newest first), runs by run-id prefix, and
-backfills by label (:mod:`retro.lookup` decides what the matches mean).
+``retro runs`` (filters in SQL, newest first) and runs by run-id prefix
+(:mod:`retro.lookup` decides what the matches mean; backfills are found by
+:func:`retro.store.backfills.find`).
 
 Newest first is ``created_at DESC, id DESC``, served by the index
 ``ix_backfill_runs_created_at`` (``created_at``, ``id``), read backwards: a page of

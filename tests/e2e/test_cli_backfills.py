@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,69 @@ async def two_scans(backend: Backend) -> list[str]:
         second = await commands.start(app, days=14, now=now, label=SCAN_LABEL)
     assert first.backfill is not None and second.backfill is not None
     return [first.backfill.id, second.backfill.id]
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_a_label_holding_rich_markup_is_shown_as_typed_by_start(cli: Cli) -> None:
+    """``retro start --label`` echoes the label as typed: Rich markup in it is text,
+    never styling, and a stray closing tag does not crash the command after it
+    seeded (it did: a ``MarkupError`` traceback, exit 1)."""
+    label = "[/bold] [red]INC-9[/red]"
+    result = ok(cli("start", "--days", "14", "--label", label))
+    assert f"({label})" in result.stdout, result
+    assert f"({label})" in ok(cli("status", "--backfill", label)).stdout
+
+
+DOCS_JSON = Path(__file__).parents[2] / "docs" / "json.md"
+
+
+def documented_keys(schema: str) -> set[str]:
+    """The keys the first table of docs/json.md's section on ``schema`` (or the section
+    titled ``schema``) names (a row may name several: `` `run_id`, `match_id` ``)."""
+    text = DOCS_JSON.read_text()
+    heading = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("#") and (f"`{schema}`" in line or line.endswith(f" {schema}"))
+    )
+    section = text.split(heading, 1)[1]
+    keys: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            keys.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+        elif keys and not line.startswith("|"):
+            break  # the end of the first table
+    return keys
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_every_new_json_document_has_the_keys_docs_json_md_names(cli: Cli) -> None:
+    """The top-level keys of each ``--json`` document issue 11 added or grew are
+    those its section of docs/json.md lists, no more, no fewer."""
+    start = as_json(cli("start", "--days", "14", "--label", "DOC-1", "--json"), "retro.start/1")
+    seeded = start["seeded"]
+    documents = [
+        start,
+        as_json(cli("backfills", "--json"), "retro.backfills/1"),
+        as_json(cli("pause", "--backfill", "DOC-1", "--json"), "retro.backfill_action/1"),
+        as_json(cli("runs", "--json"), "retro.runs/1"),
+        as_json(cli("status", "--backfill", "DOC-1", "--json"), "retro.status/1"),
+        as_json(cli("history", seeded[0], "--json"), "retro.history/1"),
+        as_json(cli("cancel", "--backfill", "DOC-1", "--json"), "retro.cancel/1"),
+    ]
+    for document in documents:
+        assert set(document) == documented_keys(document["schema"]), document["schema"]
+    (backfill,) = documents[1]["backfills"]
+    assert set(backfill) == documented_keys("A backfill object")
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_runs_names_a_backfill_as_every_other_backfill_option_does(cli: Cli) -> None:
+    """``retro runs --backfill`` takes what ``status --backfill`` takes: an id
+    prefix of 6 or more characters too (it refused one: exit 2)."""
+    seeded = started(cli, "--days", "14", "--label", "INC-5")
+    prefix = seeded["backfill"]["id"][:8]
+    listed = as_json(cli("runs", "--backfill", prefix, "--json"), "retro.runs/1")
+    assert listed["filters"]["backfill"] == seeded["backfill"]
+    assert sorted(r["run_id"] for r in listed["runs"]) == sorted(seeded["seeded"])
+    one_error_line(cli("runs", "--backfill", prefix[:5]), "no backfill")  # too short

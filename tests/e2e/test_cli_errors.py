@@ -12,7 +12,7 @@ import pytest
 
 from retro.cli import COMMAND_LINE_ONLY, cli
 from tests.conftest import Backend
-from tests.e2e.clirunner import Result, one_error_line, run_retro
+from tests.e2e.clirunner import Result, invoke_retro, one_error_line, run_retro
 from tests.e2e.hostdata import files, row_counts, seed_host, table_names, upgrade_retro
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +37,9 @@ NO_DATABASE_CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ),
     ("unknown-command", ["frobnicate"], {}, ["frobnicate"]),
     ("max-in-flight-zero", ["run", "--max-in-flight", "0"], {}, ["--max-in-flight", "0"]),
+    # NaN compares false with both bounds of a range: it passed click.FloatRange
+    ("eta-window-nan", ["backfills", "--eta-window", "nan"], {}, ["--eta-window", "nan"]),
+    ("interval-nan", ["status", "--watch", "--interval", "nan"], {}, ["--interval", "nan"]),
     (
         "unknown-database-scheme",
         ["start", "--days", "3", "--database-url", f"mysql://u:{PASSWORD}@127.0.0.1:1/x"],
@@ -269,3 +272,22 @@ def test_status_with_unreachable_redis_masks_its_password(tmp_path: Path, backen
     assert PASSWORD not in result.output
     assert row_counts(backend.database_url) == counts
     assert set(files(tmp_path)) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["history", "\udcff\udcfeab"],
+        ["cancel", "m-\udcff"],
+        ["status", "--backfill", "\udcff"],
+        ["runs", "--match", "\udcff"],
+    ],
+    ids=["history", "cancel", "status-backfill", "runs-match"],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """Bytes that are not UTF-8 on the command line (Python keeps them as lone
+    surrogates) are exit 2 naming the argument, before anything is opened; they
+    reached the database driver and came back as exit 1, ``UnicodeEncodeError``."""
+    line = one_error_line(invoke_retro(*args, cwd=tmp_path), "not valid UTF-8", "\\udcff")
+    assert "UnicodeEncodeError" not in line
+    assert files(tmp_path) == {}

@@ -5,11 +5,13 @@ text, security headers, and a Redis that does not answer shown, not raised."""
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -194,3 +196,78 @@ def test_a_board_that_cannot_open_its_database_does_not_start(tmp_path: Path) ->
     server.close()
     again = HttpServer("127.0.0.1", port)  # released: the port binds again
     again.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+def test_retro_board_announces_only_the_routes_it_serves(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``retro board`` (no daemon: no ``/metrics``) does not log that it serves
+    ``/metrics``; it said so, and the route answered 404."""
+    from tests.e2e.hostdata import seed_host, upgrade_retro
+
+    seed_host(backend.database_url)
+    upgrade_retro(backend.database_url)
+    caplog.set_level(logging.INFO, logger="retro")
+    server = HttpServer("127.0.0.1", 0)
+    try:
+        server.start(Site(settings_for(backend)))
+        assert httpx.get(f"{server.url}metrics", timeout=10).status_code == 404
+    finally:
+        server.close()
+    (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("board on")]
+    assert "/metrics" not in said and "/healthz" in said, said
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+async def test_the_backfills_page_shows_the_newest_and_counts_the_rest(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every periodic scan that seeds runs is a backfill: a month of them is
+    thousands. The page (polled every 2 s) lists the newest
+    :data:`retro.board.queries.BACKFILLS_SHOWN` and says how many older ones it
+    leaves out (it listed every backfill ever, megabytes every 2 s)."""
+    from retro.backfill import Backfill
+    from retro.board import queries
+    from retro.store import backfills
+    from tests.e2e.hostdata import seed_host, upgrade_retro
+
+    monkeypatch.setattr(queries, "BACKFILLS_SHOWN", 3)
+    await asyncio.to_thread(seed_host, backend.database_url)  # each runs its own loop
+    await asyncio.to_thread(upgrade_retro, backend.database_url)
+    settings = settings_for(backend)
+    now = datetime.now(UTC)
+    async with App(settings, redis=False) as app, app.engine.begin() as conn:
+        for n in range(5):
+            created = now - timedelta(minutes=15 * n)
+            await backfills.create(
+                conn, Backfill(f"bf{n:010d}", "scan", created, created, created, "retro")
+            )
+    async with client(Site(settings)) as http:
+        page = await http.get("/")
+    assert page.status_code == 200
+    shown = re.findall(r'data-backfill="(bf\d+)"', page.text)
+    assert shown == ["bf0000000000", "bf0000000001", "bf0000000002"]
+    assert "2 older backfills not shown" in text_of(page.text)
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+async def test_a_backfill_page_says_when_it_lists_only_some_of_the_runs(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill with more runs than :data:`retro.board.queries.RUNS_SHOWN`: the
+    runs table says it lists that many of them all (it said "500 runs", as if those
+    were all there are)."""
+    from retro.board import queries
+
+    monkeypatch.setattr(queries, "RUNS_SHOWN", 2)
+    prepared = await prepare(settings_for(backend))
+    total = len(prepared.runs)
+    assert total > 2
+    async with client(Site(prepared.settings)) as http:
+        every = text_of((await http.get(f"/backfills/{prepared.backfill_id}")).text)
+        pending = text_of((await http.get(f"/backfills/{prepared.backfill_id}?state=pending")).text)
+        failed = text_of((await http.get(f"/backfills/{prepared.backfill_id}?state=failed")).text)
+    assert f"2 of {total} runs, most recently updated first" in every, every
+    assert f"2 of {total} runs pending, most recently updated first" in pending, pending
+    assert "No run failed" in failed

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from retro import commands
+from retro import commands, notify
 from retro.app import App
 from retro.config import Settings
 from retro.events import RunCancelled, RunFailed
@@ -338,3 +341,72 @@ async def test_a_failure_goes_out_before_the_finish_it_caused(backend: Backend) 
                 assert await outbox.record(conn, note, at=now)
             claimed = await outbox.claim(conn, now=now, limit=10, lease=60, horizon=86400)
     assert [c.key for c in claimed] == ["run-failed:r:9", "backfill-finished:b:0"]
+
+
+class Trickler:
+    """A receiver that answers ``HTTP/1.1 200 OK`` and then one more header line every
+    ``every`` seconds, never ending its headers: each read of the answer comes well
+    within a per-read timeout, the whole answer never."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self.every = every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks/{TOKEN}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not self.stop.wait(self.every):
+                    try:
+                        conn.sendall(b"X-Trickle: 1\r\n")
+                    except OSError:
+                        break
+
+    def __enter__(self) -> Trickler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite-embedded"], indirect=True)
+async def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that keeps its answer coming a header line at a time never trips a
+    per-read timeout: one POST must still end at :data:`retro.notify.TIMEOUT` in
+    all (it went on for as long as the receiver liked, holding up every other
+    notification), as a failed attempt retried later."""
+    monkeypatch.setattr(notify, "TIMEOUT", 0.5)
+    await make_host(backend.database_url, good=(), doomed=True)
+    with Trickler() as trickler:
+        settings = settings_for(backend, notify_url=trickler.url)
+        async with App(settings, redis=False) as app:
+            report = await commands.start(app, days=14, now=datetime.now(UTC))
+            async with app.engine.begin() as conn:
+                run = await runs.get(conn, report.seeded[0])
+                assert run is not None
+                await runs.append(conn, run, [RunFailed(at=datetime.now(UTC), reason="boom")])
+            sender = Sender(app.engine, trickler.url, app.metrics)
+            started = time.monotonic()
+            try:
+                assert await asyncio.wait_for(sender.send_due(), 10) == 0
+            finally:
+                await sender.close()
+            assert time.monotonic() - started < 2 * 0.5 + 1.0  # two POSTs, each cut off
+            rows = await outbox_rows(app)
+            assert [(r.attempts, r.sent_at) for r in rows] == [(1, None), (1, None)]
+            assert all("timed out" in (r.last_error or "") for r in rows), rows
+            assert all(TOKEN not in (r.last_error or "") for r in rows)

@@ -21,7 +21,7 @@ from rich.console import Console
 from retro import backfill_commands, commands
 from retro.app import App
 from retro.cli.render import status_parts
-from retro.events import JobReenqueued, Phase, Requested
+from retro.events import JobReenqueued, Phase, PhaseTimedOut, Requested, RetryScheduled
 from retro.machine import Step
 from retro.report import status_json
 from retro.scheduler import Daemon
@@ -35,6 +35,7 @@ from tests.integration.test_recovery import (
     make_host,
     now,
     settings_for,
+    wipe_prefix,
     workers,
 )
 from tests.outstanding import Sampler, outstanding, queue_names
@@ -250,3 +251,47 @@ async def start_events(app: App, run_ids: list[str]) -> set[tuple[str, int, str]
                 if row.type.endswith("Requested") or row.type == "JobReenqueued":
                     found.add((run_id, row.seq, str(row.data["job_id"])))
     return found
+
+
+async def test_paused_runs_that_only_a_new_job_moves_leave_the_daemon_idle(
+    backend: Backend,
+) -> None:
+    """Two runs of a paused backfill hold a ``max_in_flight`` slot but can go on only
+    by starting a job: one whose job vanished from BullMQ (a Redis restart: its
+    re-enqueue waits for the resume), one whose back-off after a timeout is over
+    (its retry waits). Nothing moves them until a resume, so ``run --until-idle``
+    ends (it waited for them for ever) and starts nothing; resumed, each starts its
+    job."""
+    await make_host(backend, match_ids=("M1", "M2"), analysis=False)
+    async with App(settings_for(backend, max_in_flight=2)) as app:
+        seeded = (await commands.start(app, days=14, now=now(), label="INC-7")).seeded
+        await app.tick(now=now())
+        lost, timed = seeded
+        async with app.engine.begin() as conn:  # judged timed out; its back-off is over
+            run = await runs.get(conn, timed)
+            assert run is not None and run.step is Step.JOB
+            at = now()
+            await runs.append(
+                conn,
+                run,
+                [
+                    PhaseTimedOut(at=at, phase="analysis", budget=1.0),
+                    RetryScheduled(at=at, phase="analysis", not_before=at),
+                ],
+            )
+        await backfill_commands.pause(app, "INC-7", now=now())
+        await wipe_prefix(app.redis_url, backend.prefix)  # the lost run's job is gone
+        before = await start_events(app, seeded)
+
+        await asyncio.wait_for(
+            Daemon(app).run(until_idle=True, scan=False, handle_signals=False), 5
+        )
+        assert await start_events(app, seeded) == before
+        assert [(await get_run(app, r)).step for r in (lost, timed)] == [Step.JOB, Step.BACKOFF]
+
+        await backfill_commands.resume(app, "INC-7", now=now())
+        report = await app.tick(now=now())
+        assert sorted((r, e.TYPE) for r, e in report.events) == sorted(
+            [(lost, "JobReenqueued"), (timed, "AnalysisRequested")]
+        )
+        assert not await app.idle()
