@@ -116,10 +116,15 @@ async def _set_paused(app: App, ident: str, paused: bool, *, now: datetime, by: 
     action = ActionType.PAUSED if paused else ActionType.RESUMED
     async with app.engine.begin() as conn:
         backfill = await resolve(conn, ident)
-        if paused and backfill.cancelled_at is not None:
+        if backfill.cancelled_at is not None:
             raise Refused(
                 f"backfill {backfill.id} ({backfill.label!r}) was cancelled at "
-                f"{backfill.cancelled_at:%Y-%m-%d %H:%M} UTC; there is nothing to pause"
+                f"{backfill.cancelled_at:%Y-%m-%d %H:%M} UTC; there is nothing to "
+                + (
+                    "pause"
+                    if paused
+                    else "resume: `retro start --reprocess failed` seeds its gaps anew"
+                )
             )
         changed = await backfills.set_paused(conn, backfill.id, paused)
         tally = (await backfills.tallies(conn, backfill_id=backfill.id)).get(backfill.id)
@@ -220,8 +225,8 @@ async def retry(app: App, ident: str, *, now: datetime, by: str | None = None) -
         backfill = await resolve(conn, ident)
         if backfill.cancelled_at is not None:
             raise Refused(
-                f"backfill {backfill.id} ({backfill.label!r}) was cancelled; re-arm single "
-                "runs with `retro retry RUN`, or start a new backfill"
+                f"backfill {backfill.id} ({backfill.label!r}) was cancelled; "
+                "`retro start --reprocess failed` seeds its gaps in a new backfill"
             )
         failed = await runs.list_runs(
             conn, states=[State.FAILED], limit=1_000_000, backfill_id=backfill.id

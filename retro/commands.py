@@ -282,12 +282,15 @@ async def retry(
 
     Each id is a run id, a run-id prefix or a match id (its latest failed run), read
     as :func:`retro.lookup.find` says (``of``). All or nothing: every id must name a
-    ``failed`` run.
+    ``failed`` run. A run of a cancelled backfill is never re-armed (its backfill's
+    cancel would hold it for ever): ``failed`` leaves it out, an id naming it is
+    refused.
 
     Raises:
         RetryRefused: an id names no run, is ambiguous, names a run that is not
-            failed; the run's match has another live run, a rival wrote to it
-            first, or the database refused the event; nothing is written.
+            failed or whose backfill was cancelled; the run's match has another
+            live run, a rival wrote to it first, or the database refused the event;
+            nothing is written.
     """
     async with app.engine.begin() as conn:
         if failed:
@@ -301,6 +304,15 @@ async def retry(
                     raise RetryRefused(str(exc)) from None
                 chosen.setdefault(run.id, run)
             targets = list(chosen.values())
+        cancelled = await backfills.cancelled_ids(conn)
+        if failed:  # their backfill's cancel holds them: re-armed, they would wait for ever
+            targets = [run for run in targets if run.backfill_id not in cancelled]
+        for run in targets:
+            if run.backfill_id in cancelled:
+                raise RetryRefused(
+                    f"run {run.id} belongs to backfill {run.backfill_id}, which was cancelled; "
+                    "`retro start --reprocess failed` seeds its match in a new backfill"
+                )
         rearmed = await rearm_each(conn, targets, now=now)
     for run in rearmed:
         log.info("RunRearmed", extra=run_fields(run.id, run.match_id, None, "RunRearmed"))

@@ -186,12 +186,24 @@ async def set_paused(conn: AsyncConnection, backfill_id: str, paused: bool) -> b
 
 async def set_cancelled(conn: AsyncConnection, backfill_id: str, at: datetime) -> None:
     """Mark ``backfill_id`` cancelled at ``at`` (aware UTC; the first cancel's
-    instant is kept), in ``conn``'s transaction."""
+    instant is kept), and paused, in ``conn``'s transaction.
+
+    The pause is what holds the backfill's runs once the cancel commits: every
+    daemon then starts no new job for them (:func:`retro.store.runs.refuse_if_paused`),
+    so a ``cancel --backfill`` interrupted before it cancelled each run leaves the
+    rest held, not healing under a backfill that says ``cancelled``; cancelling it
+    again cancels them."""
     await conn.execute(
         update(backfills)
         .where(backfills.c.id == backfill_id, backfills.c.cancelled_at.is_(None))
-        .values(cancelled_at=at)
+        .values(cancelled_at=at, paused=True)
     )
+
+
+async def cancelled_ids(conn: AsyncConnection) -> frozenset[str]:
+    """The ids of every cancelled backfill (:attr:`Backfill.cancelled_at` set)."""
+    rows = await conn.execute(select(backfills.c.id).where(backfills.c.cancelled_at.is_not(None)))
+    return frozenset(r for (r,) in rows)
 
 
 async def paused_ids(conn: AsyncConnection) -> frozenset[str]:

@@ -199,9 +199,10 @@ async def test_pause_is_a_flag_on_the_row_read_once_per_tick(engine: AsyncEngine
         await backfills.set_cancelled(conn, other.id, at(5))
         await backfills.set_cancelled(conn, other.id, at(6))  # the first instant stays
     async with engine.connect() as conn:
-        assert await backfills.paused_live(conn) == {}
+        # a cancel pauses too: runs a cancel has not reached yet start no job
+        assert await backfills.paused_live(conn) == {other.id: ("other", 1)}
         cancelled = await backfills.get(conn, other.id)
-    assert cancelled is not None and cancelled.cancelled_at == at(5)
+    assert cancelled is not None and cancelled.cancelled_at == at(5) and cancelled.paused
     assert cancelled.state(live=1) is BackfillState.CANCELLED
 
 

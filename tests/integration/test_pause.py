@@ -21,11 +21,18 @@ from rich.console import Console
 from retro import backfill_commands, commands
 from retro.app import App
 from retro.cli.render import status_parts
-from retro.events import JobReenqueued, Phase, PhaseTimedOut, Requested, RetryScheduled
-from retro.machine import Step
+from retro.events import (
+    JobReenqueued,
+    Phase,
+    PhaseTimedOut,
+    Requested,
+    RetryScheduled,
+    RunFailed,
+)
+from retro.machine import State, Step
 from retro.report import status_json
 from retro.scheduler import Daemon
-from retro.store import runs
+from retro.store import backfills, runs
 from tests.conftest import Backend, eventually
 from tests.e2e.clirunner import invoke_retro
 from tests.healing import DEMO_NOW, assert_healed, seed_outage
@@ -295,3 +302,31 @@ async def test_paused_runs_that_only_a_new_job_moves_leave_the_daemon_idle(
             [(lost, "JobReenqueued"), (timed, "AnalysisRequested")]
         )
         assert not await app.idle()
+
+
+async def test_a_cancel_that_stops_partway_leaves_the_rest_held_and_final(
+    backend: Backend,
+) -> None:
+    """``cancel --backfill`` marks the backfill cancelled before it cancels each run;
+    stopped right after that mark (Ctrl-C, Redis gone), the runs it did not reach
+    start no job (a cancel pauses), and a second cancel ends them. A cancelled
+    backfill stays final: a failed run of it is not re-armed, by id or by --failed."""
+    await make_host(backend, match_ids=("M1", "M2", "M3"), analysis=False)
+    async with App(settings_for(backend, max_in_flight=3)) as app:
+        seeded = (await commands.start(app, days=14, now=now(), label="INC-8")).seeded
+        failed, *live = seeded
+        async with app.engine.begin() as conn:
+            run = await runs.get(conn, failed)
+            assert run is not None
+            await runs.append(conn, run, [RunFailed(at=now(), reason="gave up")])
+            await backfills.set_cancelled(conn, run.backfill_id, now())  # then it stops
+        report = await app.tick(now=now())
+        assert not [e for _, e in report.events if isinstance(e, Requested | JobReenqueued)]
+        assert await start_events(app, live) == set()
+
+        done = await backfill_commands.cancel(app, "INC-8", now=now())
+        assert sorted(c.run.id for c in done.report.cancelled) == sorted(live)
+        with pytest.raises(commands.RetryRefused, match="was cancelled"):
+            await commands.retry(app, [failed], failed=False, now=now())
+        assert await commands.retry(app, [], failed=True, now=now()) == []
+        assert (await get_run(app, failed)).state is State.FAILED
