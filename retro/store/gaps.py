@@ -86,7 +86,8 @@ class Scan:
 
 KICKOFF_FORM = re.compile(
     r"[12][0-9]{3}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-5][0-9])?)?)?"  # offset minutes 00-59, as the SQL rule reads
 )
 """The readable ``kickoff_time`` forms (whole text, ASCII digits, no spaces around):
 ``YYYY-MM-DD``, optionally ``T`` or a space, ``HH:MM``, optional ``:SS`` with 1-6

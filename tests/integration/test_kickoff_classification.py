@@ -66,12 +66,12 @@ def _form_ok(value: str) -> bool:
     body = rest[1:]
     if body.endswith("Z"):
         body = body[:-1]
-    elif len(body) >= 6 and body[-6] in "+-":  # ±HH:MM
-        if not _hhmm(body[-5:]):
+    elif len(body) >= 6 and body[-6] in "+-":  # ±HH:MM, minutes 00-59
+        if not _hhmm(body[-5:]) or body[-2] not in "012345":
             return False
         body = body[:-6]
-    elif len(body) >= 5 and body[-5] in "+-":  # ±HHMM
-        if not _digits(body[-4:]):
+    elif len(body) >= 5 and body[-5] in "+-":  # ±HHMM, minutes 00-59
+        if not _digits(body[-4:]) or body[-2] not in "012345":
             return False
         body = body[:-5]
     elif len(body) >= 3 and body[-3] in "+-":  # ±HH
