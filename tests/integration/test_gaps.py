@@ -186,6 +186,14 @@ async def test_kickoff_forms_are_parsed_to_the_same_instant(engine: AsyncEngine)
     assert result.skipped == []
 
 
+@pytest.mark.parametrize("value", ["2025-05-20T19:00+00:60", "2025-05-20T19:00+0075"])
+def test_an_offset_with_60_minutes_or_more_is_unreadable(value: str) -> None:
+    """Python reads ``+00:60`` as ``+01:00``; the scan's SQL rule (offset minutes
+    00-59) calls it unreadable, and the reason given must say why, not guess."""
+    with pytest.raises(ValueError, match="not ISO-8601"):
+        parse_kickoff(value)
+
+
 async def test_offset_kickoffs_near_the_edges_are_classified_by_their_instant(
     engine: AsyncEngine,
 ) -> None:
