@@ -62,6 +62,16 @@ UNSTARTED_STATES = frozenset(
 REDIS_RETRIES = 2
 REDIS_TIMEOUT = 5.0
 """Seconds a non-blocking Redis command may take before it counts as an outage."""
+EVENTS_BLOCK_MS = 1000
+"""Milliseconds each QueueEvents ``XREAD`` blocks for (BullMQ's ``blockingTimeout``).
+
+BullMQ's default, 10 000 ms, is longer than the 5 s read timeout redis-py gives the
+connection it opens from a URL: an idle stream then made every ``XREAD`` time out,
+and redis-py retried it after a back-off of seconds, during which no completion was
+heard (and, before the first event, the retry read from ``$`` again and lost what
+came meanwhile). Hand-offs fell back to the next tick, and after 20 timeouts in a
+row the listener stopped for good. Blocking 1 s, well under any read timeout, costs
+one empty ``XREAD`` a second per queue when nothing happens."""
 _SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro"})
 """CLIENT LIST ``cmd`` values of a connection whose last command ran a Lua script."""
 
@@ -464,7 +474,12 @@ class Queues:
         instant in unix seconds (from its stream entry id)."""
         for phase in Phase:
             events = QueueEvents(
-                self.names[phase], {"connection": self.redis_url, "prefix": self.prefix}
+                self.names[phase],
+                {
+                    "connection": self.redis_url,
+                    "prefix": self.prefix,
+                    "blockingTimeout": EVENTS_BLOCK_MS,
+                },
             )
             if on_completed is not None:
                 events.on(

@@ -330,6 +330,35 @@ async def test_watch_reports_completed_and_failed_jobs(
     assert sorted(finished) == ["analyze-retro-bad", "settle-retro-ok"]
 
 
+async def test_watch_hears_a_job_that_finishes_after_an_idle_spell(
+    queues: Queues,
+    redis: Redis,
+    start_worker: Callable[[Phase, Processor], Worker],
+) -> None:
+    """QueueEvents block well inside the connection's read timeout: no XREAD times
+    out on an idle stream, so a job that finishes after 6 s of quiet (past redis-py's
+    5 s read timeout; BullMQ's default block is 10 s) is heard at once. With the
+    default block it was heard after a retry back-off, or, before the first event,
+    not at all (the retry read from ``$`` again)."""
+    finished: list[str] = []
+    known = {c["id"] for c in await redis.client_list()}
+    queues.watch(finished.append)
+    await eventually(lambda: _at_least(_new_xread_clients(redis, known), 3))
+    for events in queues._events:
+        timeout = events.client.connection_pool.connection_kwargs.get("socket_timeout")
+        assert timeout is None or events.opts["blockingTimeout"] / 1000 < timeout, timeout
+    await asyncio.sleep(6)  # idle past the read timeout
+
+    async def process(job: Job, token: str) -> str:
+        return "ok"
+
+    await queues.enqueue(
+        Phase.SETTLEMENT, "settle-retro-late", settlement_payload("late", 1, 0, "x")
+    )
+    start_worker(Phase.SETTLEMENT, process)
+    await eventually(lambda: "settle-retro-late" in finished, timeout=3)
+
+
 async def _at_least(count: Awaitable[int], n: int) -> bool:
     return await count >= n
 
