@@ -49,6 +49,8 @@ BACKOFF_SLACK = 0.01
 and the wall clock can differ by rounding)."""
 
 
+SENDER_CANCEL_SECONDS = 5.0
+"""Seconds a stopping daemon waits for its cancelled notification sender to end."""
 SKIPPED_SHOWN = 20
 """Unreadable match rows a periodic scan names in the log (the rest are counted)."""
 
@@ -272,7 +274,13 @@ class Daemon:
             done, _ = await asyncio.wait({task}, timeout=DRAIN)
             if not done:
                 task.cancel()  # a claim it held frees itself after its lease
-                await asyncio.wait({task})
+                _, late = await asyncio.wait({task}, timeout=SENDER_CANCEL_SECONDS)
+                if late:
+                    log.warning(
+                        "the notification sender did not stop within %.0f s of its cancel; "
+                        "left behind (what it had claimed is sent again after its lease)",
+                        SENDER_CANCEL_SECONDS,
+                    )
             elif not task.cancelled() and task.exception() is None:
                 await self.sender.drain(deadline - loop.time())
         except Exception as exc:
