@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -296,14 +297,10 @@ async def retry(
         if failed:
             targets = await runs.list_runs(conn, states=[State.FAILED], limit=1_000_000)
         else:
-            chosen: dict[str, Run] = {}
-            for ident in run_ids:
-                try:
-                    run = await lookup.failed_run(conn, ident, of=of)
-                except lookup.Unresolved as exc:
-                    raise RetryRefused(str(exc)) from None
-                chosen.setdefault(run.id, run)
-            targets = list(chosen.values())
+            try:
+                targets = await lookup.each_run(conn, run_ids, partial(lookup.failed_run, of=of))
+            except lookup.Unresolved as exc:
+                raise RetryRefused(str(exc)) from None
         cancelled = await backfills.cancelled_ids(conn)
         if failed:  # their backfill's cancel holds them: re-armed, they would wait for ever
             targets = [run for run in targets if run.backfill_id not in cancelled]
@@ -575,14 +572,10 @@ async def cancel(
         if every_live:
             targets = await runs.list_runs(conn, states=LIVE, limit=1_000_000)
         else:
-            chosen: dict[str, Run] = {}
-            for ident in dict.fromkeys(run_ids):
-                try:
-                    run = await lookup.live_run(conn, ident, of=of)
-                except lookup.Unresolved as exc:
-                    raise Refused(str(exc)) from None
-                chosen.setdefault(run.id, run)
-            targets = list(chosen.values())
+            try:
+                targets = await lookup.each_run(conn, run_ids, partial(lookup.live_run, of=of))
+            except lookup.Unresolved as exc:
+                raise Refused(str(exc)) from None
     return await cancel_each(app, [target.id for target in targets], now=now, reason=reason)
 
 

@@ -28,7 +28,7 @@ date, or a duration back from now.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -342,6 +342,25 @@ async def failed_run(conn: AsyncConnection, ident: str, *, of: Of = Of.AUTO) -> 
     if run.state is not State.FAILED:
         raise Unresolved(f"run {run.id} is {run.state}, not failed")
     return run
+
+
+async def each_run(
+    conn: AsyncConnection,
+    idents: Iterable[str],
+    pick: Callable[[AsyncConnection, str], Awaitable[Run]],
+) -> list[Run]:
+    """The runs ``idents`` name, each once, in the order first named: ``pick`` (e.g.
+    :func:`live_run`, :func:`failed_run`) reads each id; two ids naming one run
+    give it once.
+
+    Raises:
+        Unresolved: from ``pick``, for the first id it refuses (all or nothing).
+    """
+    chosen: dict[str, Run] = {}
+    for ident in idents:
+        run = await pick(conn, ident)
+        chosen.setdefault(run.id, run)
+    return list(chosen.values())
 
 
 def _when(instant: datetime) -> str:
