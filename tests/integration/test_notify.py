@@ -43,6 +43,16 @@ def settings_for(backend: Backend, **more: Any) -> Settings:
     )
 
 
+async def seed_and_fail_one(app: App) -> None:
+    """Seed the host's gaps as one backfill and fail its first run (``RunFailed``:
+    a ``run.failed`` notification recorded when ``notify_url`` is set)."""
+    report = await commands.start(app, days=14, now=datetime.now(UTC))
+    async with app.engine.begin() as conn:
+        run = await runs.get(conn, report.seeded[0])
+        assert run is not None
+        await runs.append(conn, run, [RunFailed(at=datetime.now(UTC), reason="boom")])
+
+
 async def outbox_rows(app: App) -> list[outbox.Row]:
     async with app.engine.connect() as conn:
         return await outbox.rows(conn)
@@ -181,11 +191,7 @@ async def test_a_retried_run_finishing_again_is_a_new_notification(backend: Back
 async def test_nothing_is_recorded_without_notify_url(backend: Backend) -> None:
     await make_host(backend.database_url, good=(), doomed=True)
     async with App(settings_for(backend), redis=False) as app:
-        report = await commands.start(app, days=14, now=datetime.now(UTC))
-        async with app.engine.begin() as conn:
-            run = await runs.get(conn, report.seeded[0])
-            assert run is not None
-            await runs.append(conn, run, [RunFailed(at=datetime.now(UTC), reason="boom")])
+        await seed_and_fail_one(app)
         assert await outbox_rows(app) == []
 
 
@@ -200,11 +206,7 @@ async def test_the_sender_backs_off_gives_up_and_never_shows_the_secret(
     with Receiver(fail_first=10**6) as receiver:
         settings = settings_for(backend, notify_url=receiver.url)
         async with App(settings, redis=False) as app:
-            report = await commands.start(app, days=14, now=datetime.now(UTC))
-            async with app.engine.begin() as conn:
-                run = await runs.get(conn, report.seeded[0])
-                assert run is not None
-                await runs.append(conn, run, [RunFailed(at=datetime.now(UTC), reason="boom")])
+            await seed_and_fail_one(app)
             clock = [datetime.now(UTC)]
             sender = Sender(app.engine, receiver.url, app.metrics, clock=lambda: clock[0])
             try:
@@ -394,11 +396,7 @@ async def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
     with Trickler() as trickler:
         settings = settings_for(backend, notify_url=trickler.url)
         async with App(settings, redis=False) as app:
-            report = await commands.start(app, days=14, now=datetime.now(UTC))
-            async with app.engine.begin() as conn:
-                run = await runs.get(conn, report.seeded[0])
-                assert run is not None
-                await runs.append(conn, run, [RunFailed(at=datetime.now(UTC), reason="boom")])
+            await seed_and_fail_one(app)
             sender = Sender(app.engine, trickler.url, app.metrics)
             started = time.monotonic()
             try:
