@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -29,11 +30,16 @@ REDIS_ENV = "RETRO_TEST_REDIS_URL"
 REQUIRE_ENV = "RETRO_REQUIRE_SERVICES"
 
 
-def _missing(name: str) -> None:
-    message = f"{name} is not set"
+def unavailable(message: str, what: str) -> NoReturn:
+    """Skip the test for ``message`` (a service or tool it needs is missing), or
+    fail it under ``RETRO_REQUIRE_SERVICES=1`` (CI): ``what`` tests must run there."""
     if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} but {REQUIRE_ENV}=1: server tests must run")
+        pytest.fail(f"{message} but {REQUIRE_ENV}=1: {what} tests must run")
     pytest.skip(message)
+
+
+def _missing(name: str) -> None:
+    unavailable(f"{name} is not set", "server")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ server tests (tests/conftest.py).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 
 import pytest
 
-from tests.conftest import REQUIRE_ENV
+from tests.conftest import unavailable
 
 CHROMIUM = ("chromium", "chromium-browser")
 """Names of Debian's (and Ubuntu's) Chromium executable, looked up on ``PATH``."""
@@ -30,8 +29,6 @@ def chromium() -> str:
     elif importlib.util.find_spec("playwright") is None:
         missing = "playwright is not installed (pip install playwright)"
     if missing is not None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{missing} but {REQUIRE_ENV}=1: browser tests must run")
-        pytest.skip(missing)
+        unavailable(missing, "browser")
     assert found is not None
     return found

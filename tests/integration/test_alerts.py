@@ -8,16 +8,13 @@ it these tests are skipped, unless ``RETRO_REQUIRE_SERVICES=1`` (CI): then they 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from retro.metrics import LiveBackfills, Metrics, Notifications, RunsByState, WorkersByQueue
-from tests.conftest import REQUIRE_ENV
+from tests.conftest import unavailable
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RULES = DOCS / "alerts.yml"
@@ -26,10 +23,7 @@ RULES = DOCS / "alerts.yml"
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        message = "promtool is not on PATH (apt-get install prometheus)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{message} but {REQUIRE_ENV}=1")
-        pytest.skip(message)
+        unavailable("promtool is not on PATH (apt-get install prometheus)", "alert rule")
     return found
 
 
