@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,21 @@ def run_retro(
         check=False,
     )
     return Result(tuple(args), proc.returncode, proc.stdout, proc.stderr)
+
+
+def ok(result: Result) -> Result:
+    """Assert ``result`` exited 0 without a traceback; return it."""
+    assert result.code == 0, result
+    assert "Traceback" not in result.output, result
+    return result
+
+
+def json_document(result: Result, schema: str) -> dict[str, Any]:
+    """``result``'s stdout (exit 0) parsed as one JSON document of ``schema``."""
+    document = json.loads(ok(result).stdout)
+    assert isinstance(document, dict), result
+    assert document["schema"] == schema, document
+    return document
 
 
 def one_error_line(result: Result, *words: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,24 +24,12 @@ from retro.events import RunFailed
 from retro.progress import summaries
 from retro.store import backfills, runs
 from tests.conftest import Backend
-from tests.e2e.clirunner import Result, invoke_retro, one_error_line
+from tests.e2e.clirunner import Result, invoke_retro, json_document, ok, one_error_line
 from tests.e2e.hostdata import seed_host, upgrade_retro
 
 pytestmark = pytest.mark.e2e
 
 STATES = ("pending", "analyzing", "predicting", "settling", "done", "failed", "cancelled")
-
-
-def ok(result: Result) -> Result:
-    assert result.code == 0, result
-    assert "Traceback" not in result.output, result
-    return result
-
-
-def as_json(result: Result, schema: str) -> dict[str, Any]:
-    document = json.loads(ok(result).stdout)
-    assert document["schema"] == schema, document
-    return document
 
 
 def settings_for(backend: Backend) -> Settings:
@@ -71,7 +58,7 @@ def cli(backend: Backend, tmp_path: Path) -> Cli:
 
 
 def started(cli: Cli, *args: str) -> dict[str, Any]:
-    document = as_json(cli("start", "--json", *args), "retro.start/1")
+    document = json_document(cli("start", "--json", *args), "retro.start/1")
     assert document["backfill"] is not None, document
     return document
 
@@ -85,7 +72,7 @@ def test_backfills_lists_each_with_state_progress_and_eta(cli: Cli, backend: Bac
     )
     assert older["backfill"]["id"] in refused
 
-    document = as_json(cli("backfills", "--json"), "retro.backfills/1")
+    document = json_document(cli("backfills", "--json"), "retro.backfills/1")
     assert document["total"] == 2
     listed = document["backfills"]
     assert [b["label"] for b in listed] == ["INC-123", "recent"]  # newest first
@@ -144,13 +131,15 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     text = ok(cli("pause", "--backfill", bid[:6])).stdout  # a unique prefix
     assert f"Paused backfill {bid} (INC-123): {len(seeded)} live runs held." in text
     assert f"`retro resume --backfill {bid}`" in text
-    again = as_json(cli("pause", "--backfill", "INC-123", "--json"), "retro.backfill_action/1")
+    again = json_document(
+        cli("pause", "--backfill", "INC-123", "--json"), "retro.backfill_action/1"
+    )
     assert (again["action"], again["changed"], again["by"]) == ("BackfillPaused", False, os_user())
     assert again["since"]["type"] == "BackfillPaused" and again["since"]["by"] == os_user()
     assert (again["backfill"]["state"], again["backfill"]["paused"]) == ("paused", True)
     assert "is already paused since" in ok(cli("pause", "--backfill", bid)).stdout
 
-    one = as_json(cli("status", "--backfill", "INC-123", "--json"), "retro.status/1")
+    one = json_document(cli("status", "--backfill", "INC-123", "--json"), "retro.status/1")
     assert one["backfill"]["id"] == bid and one["backfill"]["paused"] is True
     assert [b["id"] for b in one["backfills"]] == [bid]
     assert one["counts"]["pending"] == len(seeded)  # its runs alone
@@ -158,7 +147,7 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     text = ok(cli("status", "--backfill", bid)).stdout
     assert f"Backfill {bid} (INC-123): paused" in text
     assert "no new job starts" in text
-    every = as_json(cli("status", "--json"), "retro.status/1")
+    every = json_document(cli("status", "--json"), "retro.status/1")
     assert every["backfill"] is None
     assert {b["label"]: b["state"] for b in every["backfills"]} == {
         "INC-123": "paused",
@@ -167,7 +156,9 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     assert every["counts"]["pending"] == len(seeded) + len(other["seeded"])
     assert "Backfills in progress" in ok(cli("status")).stdout
 
-    resumed = as_json(cli("resume", "--backfill", "INC-123", "--json"), "retro.backfill_action/1")
+    resumed = json_document(
+        cli("resume", "--backfill", "INC-123", "--json"), "retro.backfill_action/1"
+    )
     assert (resumed["action"], resumed["changed"]) == ("BackfillResumed", True)
     assert resumed["backfill"]["state"] == "running"
     assert "is not paused; nothing changed." in ok(cli("resume", "--backfill", bid)).stdout
@@ -175,7 +166,7 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     assert "No failed run in backfill" in ok(cli("retry", "--backfill", bid)).stdout
     failed_run = sorted(seeded)[0]
     asyncio.run(fail(backend, failed_run))
-    retried = as_json(cli("retry", "--backfill", bid, "--json"), "retro.backfill_action/1")
+    retried = json_document(cli("retry", "--backfill", bid, "--json"), "retro.backfill_action/1")
     assert (retried["action"], retried["changed"], retried["runs"]) == (
         "BackfillRetried",
         True,
@@ -184,7 +175,7 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     assert retried["backfill"]["runs"]["failed"] == 0
     assert retried["backfill"]["counts"]["pending"] == len(seeded)
 
-    cancelled = as_json(cli("cancel", "--backfill", "INC-123", "--json"), "retro.cancel/1")
+    cancelled = json_document(cli("cancel", "--backfill", "INC-123", "--json"), "retro.cancel/1")
     assert sorted(c["run_id"] for c in cancelled["cancelled"]) == sorted(seeded)
     assert cancelled["backfill"]["state"] == "cancelled"
     assert cancelled["backfill"]["progress"]["percent_finished"] == 100.0
@@ -192,7 +183,7 @@ def test_a_backfill_is_paused_resumed_retried_and_cancelled_as_a_unit(
     assert "Cancelled 0 runs." in text and f"Backfill {bid} (INC-123) cancelled" in text
     one_error_line(cli("pause", "--backfill", bid), bid, "cancelled")
     one_error_line(cli("retry", "--backfill", bid), bid, "cancelled")
-    listed = as_json(cli("backfills", "--json"), "retro.backfills/1")["backfills"]
+    listed = json_document(cli("backfills", "--json"), "retro.backfills/1")["backfills"]
     assert {b["label"]: b["state"] for b in listed} == {"INC-123": "cancelled", "other": "running"}
 
     done = asyncio.run(actions(backend, bid))
@@ -285,16 +276,18 @@ def documented_keys(schema: str) -> set[str]:
 def test_every_new_json_document_has_the_keys_docs_json_md_names(cli: Cli) -> None:
     """The top-level keys of each ``--json`` document issue 11 added or grew are
     those its section of docs/json.md lists, no more, no fewer."""
-    start = as_json(cli("start", "--days", "14", "--label", "DOC-1", "--json"), "retro.start/1")
+    start = json_document(
+        cli("start", "--days", "14", "--label", "DOC-1", "--json"), "retro.start/1"
+    )
     seeded = start["seeded"]
     documents = [
         start,
-        as_json(cli("backfills", "--json"), "retro.backfills/1"),
-        as_json(cli("pause", "--backfill", "DOC-1", "--json"), "retro.backfill_action/1"),
-        as_json(cli("runs", "--json"), "retro.runs/1"),
-        as_json(cli("status", "--backfill", "DOC-1", "--json"), "retro.status/1"),
-        as_json(cli("history", seeded[0], "--json"), "retro.history/1"),
-        as_json(cli("cancel", "--backfill", "DOC-1", "--json"), "retro.cancel/1"),
+        json_document(cli("backfills", "--json"), "retro.backfills/1"),
+        json_document(cli("pause", "--backfill", "DOC-1", "--json"), "retro.backfill_action/1"),
+        json_document(cli("runs", "--json"), "retro.runs/1"),
+        json_document(cli("status", "--backfill", "DOC-1", "--json"), "retro.status/1"),
+        json_document(cli("history", seeded[0], "--json"), "retro.history/1"),
+        json_document(cli("cancel", "--backfill", "DOC-1", "--json"), "retro.cancel/1"),
     ]
     for document in documents:
         assert set(document) == documented_keys(document["schema"]), document["schema"]
@@ -308,7 +301,7 @@ def test_runs_names_a_backfill_as_every_other_backfill_option_does(cli: Cli) -> 
     prefix of 6 or more characters too (it refused one: exit 2)."""
     seeded = started(cli, "--days", "14", "--label", "INC-5")
     prefix = seeded["backfill"]["id"][:8]
-    listed = as_json(cli("runs", "--backfill", prefix, "--json"), "retro.runs/1")
+    listed = json_document(cli("runs", "--backfill", prefix, "--json"), "retro.runs/1")
     assert listed["filters"]["backfill"] == seeded["backfill"]
     assert sorted(r["run_id"] for r in listed["runs"]) == sorted(seeded["seeded"])
     one_error_line(cli("runs", "--backfill", prefix[:5]), "no backfill")  # too short

@@ -31,7 +31,7 @@ from retro.report import cancel_json
 from retro.scheduler import Daemon
 from retro.store import runs
 from tests.conftest import Backend
-from tests.e2e.clirunner import Result, clean_env, invoke_retro, one_error_line
+from tests.e2e.clirunner import Result, clean_env, invoke_retro, ok, one_error_line
 from tests.e2e.hostdata import seed_host, upgrade_retro
 from tests.healing import DEMO_NOW, heal_until_idle, seed_runs
 
@@ -49,12 +49,6 @@ def settings_for(backend: Backend, **more: Any) -> Settings:
         queue_prefix=backend.prefix,
         **more,
     )
-
-
-def ok(result: Result) -> Result:
-    assert result.code == 0, result
-    assert "Traceback" not in result.output, result
-    return result
 
 
 def as_json(result: Result, schema: str) -> dict[str, Any]:

@@ -11,10 +11,8 @@ where the test needs them to.
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +26,7 @@ from retro.scheduler import Daemon
 from retro.store import backfills, runs
 from retro.store.schema import matches
 from tests.conftest import Backend
-from tests.e2e.clirunner import Result, invoke_retro, one_error_line
+from tests.e2e.clirunner import invoke_retro, json_document, ok, one_error_line
 from tests.e2e.hostdata import engine_for, seed_host, upgrade_retro
 
 pytestmark = pytest.mark.e2e
@@ -59,18 +57,6 @@ def settings_for(backend: Backend) -> Settings:
     return Settings(
         database_url=backend.database_url, redis_url=backend.redis_url, queue_prefix=backend.prefix
     )
-
-
-def ok(result: Result) -> Result:
-    assert result.code == 0, result
-    assert "Traceback" not in result.output, result
-    return result
-
-
-def document(result: Result, schema: str) -> dict[str, Any]:
-    doc = json.loads(ok(result).stdout)
-    assert doc["schema"] == schema, doc
-    return doc  # type: ignore[no-any-return]
 
 
 async def seed_store(backend: Backend, now: datetime) -> None:
@@ -151,11 +137,15 @@ def test_runs_lists_newest_first_with_filters(
     env = backend.env()
 
     def ids(*args: str) -> list[str]:
-        doc = document(invoke_retro("runs", "--json", *args, cwd=tmp_path, env=env), "retro.runs/1")
+        doc = json_document(
+            invoke_retro("runs", "--json", *args, cwd=tmp_path, env=env), "retro.runs/1"
+        )
         assert doc["total"] == len(doc["runs"]) + doc["more"]
         return [item["run_id"] for item in doc["runs"]]
 
-    everything = document(invoke_retro("runs", "--json", cwd=tmp_path, env=env), "retro.runs/1")
+    everything = json_document(
+        invoke_retro("runs", "--json", cwd=tmp_path, env=env), "retro.runs/1"
+    )
     assert [item["run_id"] for item in everything["runs"]] == NEWEST_FIRST
     assert everything["total"] == len(RUNS) and everything["more"] == 0
     assert everything["filters"] == {
@@ -197,12 +187,12 @@ def test_runs_lists_newest_first_with_filters(
     assert ids("--since", tomorrow) == []
     assert ids("--since", "1d", "--match", "x-3") == ["ffffff000001"]
 
-    labelled = document(
+    labelled = json_document(
         invoke_retro("runs", "--json", "--backfill", "INC-1", cwd=tmp_path, env=env), "retro.runs/1"
     )
     assert labelled["filters"]["backfill"] == {"id": B1, "label": "INC-1"}
 
-    limited = document(
+    limited = json_document(
         invoke_retro("runs", "--json", "--limit", "2", cwd=tmp_path, env=env), "retro.runs/1"
     )
     assert [i["run_id"] for i in limited["runs"]] == NEWEST_FIRST[:2]
@@ -280,23 +270,23 @@ def test_ids_prefixes_and_match_ids_resolve_or_are_refused(
     refused("cancel", "unknown-run-id", words=("no run or match 'unknown-run-id'",))
 
     # a unique prefix of 6 or more
-    hist = document(
+    hist = json_document(
         invoke_retro("history", "ffffff", "--json", cwd=tmp_path, env=env), "retro.history/1"
     )
     assert hist["resolved_as"] == "run" and [r["run_id"] for r in hist["runs"]] == ["ffffff000001"]
     assert hist["query"] == "ffffff"
     # --of settles what is ambiguous
-    of_run = document(
+    of_run = json_document(
         invoke_retro("history", "bbbbbb", "--of", "run", "--json", cwd=tmp_path, env=env),
         "retro.history/1",
     )
     assert [r["run_id"] for r in of_run["runs"]] == ["bbbbbb000001"]
-    cancelled = document(
+    cancelled = json_document(
         invoke_retro("cancel", "bbbbbb", "--of", "match", "--json", cwd=tmp_path, env=env),
         "retro.cancel/1",
     )
     assert [c["run_id"] for c in cancelled["cancelled"]] == ["cccccc000001"]
-    cancelled = document(
+    cancelled = json_document(
         invoke_retro("cancel", "dddddd000001", "--of", "run", "--json", cwd=tmp_path, env=env),
         "retro.cancel/1",
     )
@@ -304,7 +294,7 @@ def test_ids_prefixes_and_match_ids_resolve_or_are_refused(
     refused("cancel", "x-2", "--of", "run", words=("no run 'x-2'",))
 
     # a match id: history lists its runs, retry re-arms its latest failed run
-    by_match = document(
+    by_match = json_document(
         invoke_retro("history", "x-4", "--json", cwd=tmp_path, env=env), "retro.history/1"
     )
     assert by_match["resolved_as"] == "match"
@@ -316,7 +306,7 @@ def test_ids_prefixes_and_match_ids_resolve_or_are_refused(
     # its older failed run cannot be re-armed while the match has a live run
     refused("retry", "x-4", words=("abcdef000001", "x-4", "live run"))
     # cancel by match id: its live run; then the match has none
-    cancelled = document(
+    cancelled = json_document(
         invoke_retro("cancel", "x-4", "--json", cwd=tmp_path, env=env), "retro.cancel/1"
     )
     assert [c["run_id"] for c in cancelled["cancelled"]] == ["abcdef000002"]
@@ -384,12 +374,14 @@ def test_no_id_is_cut_at_80_columns(tmp_path: Path, backend: Backend, columns_80
 
     dry = ok(invoke_retro("start", "--days", "14", "--dry-run", cwd=tmp_path, env=env)).stdout
     whole_on_a_line([*LONG_IDS, DOOMED, "g-no-analysis"], dry)
-    started = document(
+    started = json_document(
         invoke_retro("start", "--days", "14", "--label", "INC-80", "--json", cwd=tmp_path, env=env),
         "retro.start/1",
     )
     asyncio.run(tick(backend))
-    status = document(invoke_retro("status", "--json", cwd=tmp_path, env=env), "retro.status/1")
+    status = json_document(
+        invoke_retro("status", "--json", cwd=tmp_path, env=env), "retro.status/1"
+    )
     in_flight = {item["match_id"]: item for item in status["in_flight"]}
     assert set(LONG_IDS) <= set(in_flight), status
     (failed,) = status["failed"]
