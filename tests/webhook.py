@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from retro.pipeline import host
-from retro.pipeline.host_rows import MatchRow, ModelRow, iso_utc
-from retro.store import migrate
+from retro.pipeline.host_rows import MatchRow, iso_utc
 from retro.store.db import create_engine
+from tests import slowjobs
 
 TOKEN = "T0KEN-s3cret-path"
 """The secret part of the receiver's URL (its path), as a Slack webhook's."""
@@ -115,32 +115,16 @@ async def make_host(
 ) -> None:
     """Finished matches of yesterday (``good`` ones and, with ``doomed``, :data:`DOOMED`
     with a team name that tries to forge a line and a Slack mention), two models,
-    retro's tables."""
+    retro's tables (:func:`tests.slowjobs.make_host`, plus the doomed match)."""
+    await slowjobs.make_host(database_url, good)
+    if not doomed:
+        return
     engine = create_engine(database_url)
     try:
-        await host.create_host_tables(engine)
-        await migrate.upgrade(engine)
-        await host.insert_models(
-            engine, [ModelRow(f"model-{i}", "acme", f"m{i}", f"Model {i}") for i in range(2)]
-        )
         kickoff = iso_utc(datetime.now(UTC) - timedelta(days=1))
-        rows = [
-            MatchRow(m, f"x-{m}", "xx.1", "Home", "Away", kickoff, 2, 1, "finished") for m in good
-        ]
-        if doomed:
-            rows.append(
-                MatchRow(
-                    DOOMED,
-                    None,
-                    "xx.1",
-                    "Evil\nretro: forged <!channel>",
-                    "Away",
-                    kickoff,
-                    1,
-                    0,
-                    "finished",
-                )
-            )
-        await host.insert_matches(engine, rows)
+        evil = "Evil\nretro: forged <!channel>"
+        await host.insert_matches(
+            engine, [MatchRow(DOOMED, None, "xx.1", evil, "Away", kickoff, 1, 0, "finished")]
+        )
     finally:
         await engine.dispose()
