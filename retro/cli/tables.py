@@ -80,11 +80,6 @@ class IdTable:
             raise ValueError(f"{len(cells)} cells for {len(self.headers)} columns")
         self.rows.append(tuple(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
 
-    @property
-    def row_count(self) -> int:
-        """How many rows were added."""
-        return len(self.rows)
-
     def _natural(self, index: int) -> int:
         """The width column ``index`` takes unwrapped: its header or its widest cell."""
         cells = (row[index].cell_len for row in self.rows)
